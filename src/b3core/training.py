@@ -1,0 +1,147 @@
+"""The training and inference steps that b3 times.
+
+A training step is one optimizer update: k micro-batches of forward, loss and backward, then the
+optimizer step, then the gradients set to None.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager as ContextManager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+from .errors import B3Error
+from .models import create_model
+from .precision import autocast_factory, configure_math_mode, make_grad_scaler
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+T = TypeVar("T")
+OPTIMIZERS = ("adam", "sgd")
+
+
+def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise B3Error(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def windows(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Group micro-batches into accumulation windows; the last one may be shorter."""
+    window: list[T] = []
+    for item in items:
+        window.append(item)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: Sequence[Batch],
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    scaler: torch.amp.GradScaler | None = None,
+    no_sync: Callable[[], ContextManager] | None = None,
+) -> torch.Tensor:
+    """One optimizer update over an accumulation window of micro-batches.
+
+    Each micro-batch's mean loss is weighted by its share of the window's samples, so that the
+    update equals one step on the concatenated batch even when micro-batches differ in size.
+    `no_sync` (a DDP model's) skips the gradient all-reduce on every micro-batch but the last.
+    Returns the window's mean loss as a device tensor, so that no host sync happens here.
+    """
+    window_samples = sum(len(targets) for _, targets in micro_batches)
+    last = len(micro_batches) - 1
+    total_loss = None
+    for i, (inputs, targets) in enumerate(micro_batches):
+        sync_context = no_sync() if (no_sync is not None and i < last) else contextlib.nullcontext()
+        with sync_context:
+            with autocast():
+                loss = loss_fn(model(inputs), targets)
+                if last:  # a window of one needs no weighting
+                    loss = loss * (len(targets) / window_samples)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        total_loss = loss.detach() if total_loss is None else total_loss + loss.detach()
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # once, just before the step (gradient clipping would go here)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total_loss
+
+
+def inference_step(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """A forward pass in eval mode under inference_mode (the caller sets eval())."""
+    with torch.inference_mode(), autocast():
+        return model(inputs)
+
+
+@dataclass
+class Trainer:
+    """A model on its device with its optimizer, loss scaler and autocast: what every training
+    and inference loop in b3 runs on."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    autocast: Callable[[], ContextManager]
+    memory_format: torch.memory_format
+
+    def step(self, micro_batches: Sequence[Batch]) -> torch.Tensor:
+        return train_step(
+            self.model, self.optimizer, micro_batches, autocast=self.autocast, scaler=self.scaler
+        )
+
+    def infer(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inference_step(self.model, inputs, autocast=self.autocast)
+
+
+def prepare_training(
+    model_name: str,
+    device: torch.device,
+    *,
+    precision: str = "fp32",
+    optimizer: str = "adam",
+    lr: float = 5e-4,
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    cudnn_benchmark: bool = True,
+    seed: int = 0,
+) -> Trainer:
+    """Seeded model, optimizer and precision settings, ready on the device (in train mode)."""
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark  # autotuning runs in b3's warm-up
+    configure_math_mode(precision, device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = create_model(model_name, num_classes=num_classes, image_size=image_size)
+    model = model.to(device=device, memory_format=memory_format).train()
+    if compile:
+        model = torch.compile(model)
+    return Trainer(
+        model=model,
+        optimizer=make_optimizer(optimizer, model.parameters(), lr),
+        scaler=make_grad_scaler(precision, device),
+        autocast=autocast_factory(precision, device),
+        memory_format=memory_format,
+    )
