@@ -1,0 +1,175 @@
+"""Peak memory of a step, out-of-memory detection and recovery, and memory budgets."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import re
+import resource
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import B3Error, MemoryBudgetExceeded
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    """Peak memory of one configuration, the number b3 compares and fits.
+
+    CUDA: the most bytes held by tensors at once (max_memory_allocated), with the allocator's
+    reserved peak beside it. CPU/MPS: how far the process's resident set rose above where it
+    stood before the configuration was built (the model, optimizer state, batch and activations).
+    """
+
+    peak_bytes: int
+    reserved_bytes: int | None
+    source: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    if _STATUS.exists():
+        match = re.search(rf"{field}:\s+(\d+) kB", _STATUS.read_text())
+        if match:
+            return int(match.group(1)) * 1024
+    return None
+
+
+def _rss_high_water_mark() -> int:
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def _reset_rss_high_water_mark() -> bool:
+    """Linux resets VmHWM when "5" is written to clear_refs; elsewhere the peak is process-wide."""
+    try:
+        _CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _return_freed_heap_to_os() -> None:
+    """glibc keeps freed heap pages; trimming them makes the next RSS baseline honest."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemoryTracker:
+    """Context manager: resets the peak counters on entry; `result()` reads them."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._baseline = 0
+        self._source = "cuda_max_allocated"
+
+    def __enter__(self) -> PeakMemoryTracker:
+        # Memory cached for an earlier configuration would count as this one's peak.
+        release_memory(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        _return_freed_heap_to_os()
+        if _reset_rss_high_water_mark():
+            self._baseline = _proc_status_bytes("VmRSS") or 0
+            self._source = "process_rss_growth"
+        else:  # no resettable peak here: report the lifetime peak, and say so
+            self._source = "process_lifetime_peak_rss"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def result(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            return PeakMemory(
+                torch.cuda.max_memory_allocated(self.device),
+                torch.cuda.max_memory_reserved(self.device),
+                self._source,
+            )
+        return PeakMemory(max(0, _rss_high_water_mark() - self._baseline), None, self._source)
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def available_host_memory() -> int:
+    """MemAvailable from /proc/meminfo, else the total physical memory."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        match = re.search(r"MemAvailable:\s+(\d+) kB", meminfo.read_text())
+        if match:
+            return int(match.group(1)) * 1024
+    return physical_memory()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryBudgetExceeded, MemoryError)):
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in message or "can't allocate memory" in message
+    )
+
+
+def release_memory(device: torch.device) -> None:
+    """Collect garbage and empty the device's cache (after an OOM, the caller drops its
+    references first)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_memory_size(text: str) -> int:
+    """'512M', '1.5GiB', '2G', '1000000' -> bytes (binary units)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise B3Error(f"cannot parse memory size {text!r}; use e.g. 512M, 1.5G or 2GiB")
+    value = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    if value <= 0:
+        raise B3Error(f"memory size must be positive, got {text!r}")
+    return int(value)
+
+
+class MemoryBudget:
+    """Caps the memory a step may use, so that the OOM paths run (and are tested) on CPU too.
+
+    CUDA: the caching allocator is capped with set_per_process_memory_fraction, so a step over
+    budget raises torch.OutOfMemoryError. Elsewhere: a guard checks the measured peak after each
+    step and raises MemoryBudgetExceeded, which b3 handles exactly like an OOM.
+    """
+
+    def __init__(self, device: torch.device, budget_bytes: int | None):
+        self.device, self.budget_bytes = device, budget_bytes
+        if device.type == "cuda":
+            # The cap is process-wide: set it every time, so an earlier budget never lingers.
+            total = torch.cuda.get_device_properties(device).total_memory
+            fraction = min(1.0, budget_bytes / total) if budget_bytes else 1.0
+            torch.cuda.set_per_process_memory_fraction(fraction, device)
+
+    def check(self, peak: PeakMemory) -> None:
+        if self.budget_bytes and self.device.type != "cuda" and peak.peak_bytes > self.budget_bytes:
+            raise MemoryBudgetExceeded(
+                f"peak memory {peak.peak_bytes / 2**20:.0f} MiB is over the budget of "
+                f"{self.budget_bytes / 2**20:.0f} MiB"
+            )
