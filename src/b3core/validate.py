@@ -1,0 +1,24 @@
+"""Checks of user-given numbers, shared by the library, the CLI and the pytest options."""
+
+from __future__ import annotations
+
+from .errors import B3Error
+
+
+def require_positive_int(name: str, value: object) -> int:
+    """An int of at least 1 (not a bool, not 2.5), or a one-line B3Error naming the value."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise B3Error(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def parse_positive_int(name: str, text: object, minimum: int = 1) -> int:
+    """The same check for text from a command line or an environment variable."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        raise B3Error(f"{name} must be {kind}, got {text!r}")
+    return value
