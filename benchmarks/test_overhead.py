@@ -1,0 +1,63 @@
+"""The harness's own cost: b3's training step beside a plain hand-written loop of the same step,
+interleaved in one process. The target is an overhead under 1%."""
+
+import os
+import random
+import statistics
+
+import torch
+from torch import nn
+
+from b3core import timing  # a module import: asv would take a bare time_call for a benchmark
+from b3core.data import synthetic_batch
+from b3core.devices import resolve_device
+from b3core.measure import StepSpec, build_step
+from b3core.models import create_model, get_model_spec
+from b3core.stats import paired_ratio
+
+ROUNDS = 100
+
+
+def handwritten_step(spec: StepSpec, device: torch.device):
+    torch.manual_seed(0)
+    model = create_model(spec.model).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    x, y = synthetic_batch(
+        spec.batch_size, get_model_spec(spec.model).input_shape(), spec.resolved_num_classes, device
+    )
+
+    def step():
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def test_harness_overhead(benchmark, b3_note):
+    device = resolve_device(os.environ.get("B3_DEVICE", "auto"))
+    spec = StepSpec("simple_cnn", 32, device=str(device))
+    harness, plain = build_step(spec, device), handwritten_step(spec, device)
+    for _ in range(3):
+        harness(), plain()
+    times = {"harness": [], "plain": []}
+    order = random.Random(0)
+    for _ in range(ROUNDS):
+        pair = [("harness", harness), ("plain", plain)]
+        order.shuffle(pair)  # neither side always runs first
+        for name, fn in pair:
+            times[name].append(timing.time_call(fn, device))
+    ratio, low, high = paired_ratio(times["harness"], times["plain"])
+    benchmark.extra_info.update(
+        harness_median_s=statistics.median(times["harness"]),
+        plain_median_s=statistics.median(times["plain"]),
+        overhead_ratio=ratio,
+        overhead_ratio_ci95=[low, high],
+    )
+    b3_note(
+        f"harness overhead ({spec.label} on {device}, {ROUNDS} interleaved pairs): "
+        f"harness/plain = {ratio:.4f}, 95% CI {low:.4f} to {high:.4f} "
+        f"({(ratio - 1) * 100:+.2f}%; target under +1%)"
+    )
+    benchmark.pedantic(harness, rounds=10, warmup_rounds=2)

@@ -1,0 +1,196 @@
+"""The benchmark cases: one definition that the pytest suite, the asv suite and the CLI share.
+
+A profile names models, batch sizes, precisions and accumulation settings; `benchmark_cases`
+expands it, narrowed or widened by the user's overrides, into StepSpecs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+
+from .devices import PRECISIONS, mixed_precision_for, resolve_device, supported_precisions
+from .errors import B3Error
+from .measure import MIN_WARMUP, MODES, StepSpec
+from .models import get_model_spec, list_models
+from .sizes import around_powers_of_two, parse_batch_sizes
+from .validate import parse_positive_int
+
+PROFILES = ("quick", "b3", "full")
+ENV_PREFIX = "B3_"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    models: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    precisions: tuple[str, ...]
+    accumulation_steps: tuple[int, ...] = (1,)
+    modes: tuple[str, ...] = MODES
+    image_sizes: dict[str, int] = field(default_factory=dict)
+    rounds: int = 10
+    warmup: int = 2
+    description: str = ""
+
+
+def _fast_precisions(device_type: str) -> tuple[str, ...]:
+    # bf16 on a CPU without native bf16 is emulated and ~40x slower: not for a quick run
+    return ("fp32",) if device_type == "cpu" else ("fp32", "fp16")
+
+
+def get_profile(name: str, device: str = "auto") -> Profile:
+    """The named profile, fitted to the device (the quick profile is small on CPU)."""
+    dev = resolve_device(device)
+    if name == "quick":
+        return Profile(
+            name="quick",
+            models=("simple_cnn", "mobilenet_v3_small"),
+            batch_sizes=(15, 16, 17, 31, 32, 33),
+            precisions=_fast_precisions(dev.type),
+            accumulation_steps=(1, 2),
+            image_sizes={"mobilenet_v3_small": 64},
+            description="small models at small images, batches around 16 and 32",
+        )
+    if name == "b3":
+        return Profile(
+            name="b3",
+            models=("mobilenet_v3_large",),
+            batch_sizes=(100, 127, 128, 129, 156, 511, 512, 513),
+            precisions=(mixed_precision_for(dev),),
+            description="B3's experiment: MobileNetV3-large at 224x224, fp16 AMP on CUDA",
+        )
+    if name == "full":
+        dense = sorted(set(range(8, 513, 8)) | set(around_powers_of_two(1, 513)))
+        return Profile(
+            name="full",
+            models=tuple(list_models()),
+            batch_sizes=tuple(dense),
+            precisions=PRECISIONS,
+            accumulation_steps=(1, 2, 4),
+            description="every model, every precision, accumulation 1/2/4, dense batch sizes",
+        )
+    raise B3Error(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+
+
+def _split(text: str | None) -> list[str] | None:
+    if text is None or not str(text).strip():
+        return None
+    return [part.strip() for part in str(text).split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class CaseOptions:
+    """The user's overrides of a profile, from command-line options or B3_* variables."""
+
+    profile: str = "quick"
+    device: str = "auto"
+    models: str | None = None
+    batch_sizes: str | None = None
+    precisions: str | None = None
+    accumulation_steps: str | None = None
+    rounds: int | None = None
+    warmup: int | None = None
+
+    @classmethod
+    def from_env(cls, **given) -> CaseOptions:
+        """Explicit values win; unset ones fall back to B3_PROFILE, B3_DEVICE, B3_MODELS, ..."""
+        values = {}
+        for name in cls.__dataclass_fields__:
+            value = given.get(name)
+            if value is None:
+                value = os.environ.get(ENV_PREFIX + name.upper())
+            if value is not None:
+                values[name] = (
+                    parse_positive_int(name, value) if name in ("rounds", "warmup") else value
+                )
+        return cls(**values)
+
+
+def benchmark_cases(options: CaseOptions, mode: str | None = None) -> list[StepSpec]:
+    """Every StepSpec of the profile after overrides, in a stable order (for stable test ids)."""
+    grid = case_grid(options)
+    modes = [mode] if mode else list(grid.profile.modes)
+    cases = []
+    for model, precision, acc, size, case_mode in itertools.product(
+        grid.models, grid.precisions, grid.accumulation_steps, grid.batch_sizes, modes
+    ):
+        if case_mode == "inference" and acc != grid.accumulation_steps[0]:
+            continue  # accumulation does not apply to inference: one case is enough
+        cases.append(grid.case(model, size, precision, case_mode, acc))
+    return cases
+
+
+@dataclass(frozen=True)
+class CaseGrid:
+    """A profile after the user's overrides: the axes that both suites parametrize over."""
+
+    profile: Profile
+    device: str
+    models: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    precisions: tuple[str, ...]
+    accumulation_steps: tuple[int, ...]
+
+    def case(
+        self,
+        model: str,
+        batch_size: int,
+        precision: str,
+        mode: str = "train",
+        accumulation_steps: int = 1,
+    ) -> StepSpec:
+        return StepSpec(
+            model=model,
+            batch_size=batch_size,
+            precision=precision,
+            accumulation_steps=accumulation_steps if mode == "train" else 1,
+            mode=mode,
+            image_size=self.profile.image_sizes.get(model),
+            device=self.device,
+        )
+
+
+def case_grid(options: CaseOptions) -> CaseGrid:
+    profile = get_profile(options.profile, options.device)
+    models = _split(options.models) or list(profile.models)
+    for model in models:
+        get_model_spec(model)  # unknown names fail here, with suggestions
+    sizes = parse_batch_sizes(options.batch_sizes) if options.batch_sizes else profile.batch_sizes
+    precisions = _split(options.precisions) or list(profile.precisions)
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise B3Error(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    accumulation = [
+        parse_positive_int("accumulation steps", a)
+        for a in _split(options.accumulation_steps) or profile.accumulation_steps
+    ]
+    return CaseGrid(
+        profile,
+        str(resolve_device(options.device)),
+        tuple(models),
+        tuple(sizes),
+        tuple(precisions),
+        tuple(accumulation),
+    )
+
+
+def unsupported_reason(spec: StepSpec) -> str | None:
+    """Why the case cannot run here (a precision the device lacks), or None."""
+    supported = supported_precisions(resolve_device(spec.device))
+    if spec.precision not in supported:
+        return (
+            f"{spec.precision} is not supported on {spec.device} (it runs {', '.join(supported)})"
+        )
+    return None
+
+
+def profile_settings(options: CaseOptions) -> tuple[int, int]:
+    """(rounds, warmup) for the profile after overrides."""
+    profile = get_profile(options.profile, options.device)
+    rounds = options.rounds if options.rounds is not None else profile.rounds
+    warmup = options.warmup if options.warmup is not None else profile.warmup
+    if warmup < MIN_WARMUP:
+        raise B3Error(f"warm-up must be at least {MIN_WARMUP} rounds, got {warmup}")
+    return rounds, warmup

@@ -1,0 +1,96 @@
+"""Plots of batch-size curves (PNG, matplotlib). Built from report frames; never measures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .sizes import is_power_of_two  # noqa: E402
+
+SERIES_KEYS = ["source", "model", "mode", "precision", "accum"]
+
+
+def mark_alignments(ax, batches: pd.Series) -> None:
+    """Light lines at multiples of 8, darker dashed lines at powers of two."""
+    low, high = int(batches.min()), int(batches.max())
+    for b in range(max(8, low - low % 8), high + 1, 8):
+        if low <= b <= high and not is_power_of_two(b):
+            ax.axvline(b, color="0.85", linewidth=0.6, zorder=0)
+    p = 1
+    while p <= high:
+        if p >= low:
+            ax.axvline(p, color="tab:red", linestyle="--", linewidth=0.8, alpha=0.6, zorder=0)
+        p *= 2
+
+
+def _series(frame: pd.DataFrame):
+    """(label, rows) per curve: one curve per source, model, mode, precision and accumulation."""
+    keys = [k for k in SERIES_KEYS if k in frame and frame[k].notna().any()]
+    for key, group in frame.groupby(keys, sort=False, dropna=False):
+        values = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        parts = [str(values[k]) for k in keys if k != "accum"]
+        if values.get("accum", 1) != 1:
+            parts.append(f"acc{values['accum']}")
+        yield "/".join(parts), group.sort_values("batch")
+
+
+def plot_batch_curves(
+    frame: pd.DataFrame, path: str | Path, *, memory_fit=None, title: str = ""
+) -> Path:
+    """samples/s (95% CI bars) and step time (SD bars) vs batch size; peak memory too when the
+    frame has it and a fit (fixed, per_sample) is given."""
+    panels = 3 if memory_fit is not None else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(9, 3.2 * panels), sharex=True)
+    rate_ax, time_ax = axes[0], axes[1]
+    for label, g in _series(frame):
+        low = g["samples_per_s_mean"] - g["samples_per_s_ci95_low"]
+        high = g["samples_per_s_ci95_high"] - g["samples_per_s_mean"]
+        rate_ax.errorbar(
+            g["batch"],
+            g["samples_per_s_mean"],
+            yerr=[low.fillna(0), high.fillna(0)],
+            marker="o",
+            markersize=3,
+            capsize=2,
+            label=label,
+        )
+        time_ax.errorbar(
+            g["batch"],
+            g["step_ms_mean"],
+            yerr=g["step_ms_sd"].fillna(0),
+            marker="o",
+            markersize=3,
+            capsize=2,
+            label=label,
+        )
+    rate_ax.set_ylabel("samples/s (mean, 95% CI)")
+    time_ax.set_ylabel("step time, ms (mean ± SD)")
+    if memory_fit is not None:
+        mem_ax = axes[2]
+        mem_ax.plot(frame["batch"], frame["peak_mib"], "o", markersize=3, label="measured peak")
+        fixed, per_sample = memory_fit
+        xs = pd.Series(sorted(frame["batch"].unique()))
+        mem_ax.plot(xs, (fixed + per_sample * xs) / 2**20, "-", label="fit a + b·B")
+        mem_ax.set_ylabel("peak memory, MiB")
+        mem_ax.legend(fontsize=7)
+    for ax, column in ((rate_ax, "samples_per_s_mean"), (time_ax, "step_ms_mean")):
+        values = frame[column][frame[column] > 0]
+        if not values.empty and values.max() / values.min() > 20:
+            ax.set_yscale("log")  # models of very different speed share the figure
+    for ax in axes:
+        mark_alignments(ax, frame["batch"])
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("batch size (red dashed: powers of two; grey: multiples of 8)")
+    rate_ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,225 @@
+"""b3's pytest plugin: the options, the case parametrization, machine info and the summary.
+
+It extends pytest-benchmark only through its hooks and the `benchmark` fixture. Loaded through
+the `pytest11` entry point; heavy imports wait until a hook needs them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+DEFAULT_STORAGE = "file://./.benchmarks"
+_RESULTS = pytest.StashKey[list]()
+_NOTES = pytest.StashKey[list]()
+_OPTIONS = (
+    ("profile", "quick|b3|full (default: quick; env B3_PROFILE)"),
+    ("device", "auto|cpu|cuda|mps (env B3_DEVICE)"),
+    ("models", "comma-separated models (env B3_MODELS)"),
+    ("batch-sizes", "e.g. 15,16,17 or 1-64 or 8-64:8 (env B3_BATCH_SIZES)"),
+    ("precisions", "comma-separated: fp32,tf32,fp16,bf16 (env B3_PRECISIONS)"),
+    ("accumulation-steps", "comma-separated, e.g. 1,2,4 (env B3_ACCUMULATION_STEPS)"),
+    ("rounds", "timed rounds per case, default 10 (env B3_ROUNDS)"),
+    ("warmup", "untimed warm-up rounds, at least 2 (env B3_WARMUP)"),
+)
+_BUDGET_HELP = "cap each case's memory, e.g. 8G; cases over it are skipped (env B3_MEMORY_BUDGET)"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("b3", "b3 benchmark cases")
+    for name, help_text in _OPTIONS:
+        group.addoption(
+            f"--b3-{name}", dest=f"b3_{name.replace('-', '_')}", default=None, help=help_text
+        )
+    group.addoption("--b3-memory-budget", dest="b3_memory_budget", default=None, help=_BUDGET_HELP)
+
+
+def case_options(config: pytest.Config):
+    from .cases import CaseOptions
+
+    given = {}
+    for name, _ in _OPTIONS:
+        key = name.replace("-", "_")
+        given[key] = config.getoption(f"b3_{key}")
+    return CaseOptions.from_env(**given)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_RESULTS] = []
+    config.stash[_NOTES] = []
+    _check_options(config)
+    # pytest-benchmark names its storage by OS and Python only; timings are comparable only on
+    # the same accelerator, so the default storage gains the machine slug.
+    if getattr(config.option, "benchmark_storage", None) == DEFAULT_STORAGE and _benchmarking(
+        config
+    ):
+        from .machine import machine_record
+
+        config.option.benchmark_storage = f"{DEFAULT_STORAGE}/{machine_record()['slug']}"
+
+
+def _check_options(config: pytest.Config) -> None:
+    """Bad b3 options end the run before collection, as one line (pytest's exit code 4)."""
+    import os
+
+    given = [config.getoption(f"b3_{name.replace('-', '_')}") for name, _ in _OPTIONS]
+    given.append(config.getoption("b3_memory_budget"))
+    if not any(v is not None for v in given) and not any(k.startswith("B3_") for k in os.environ):
+        return
+    from .cases import benchmark_cases, profile_settings
+    from .errors import B3Error
+
+    try:
+        options = case_options(config)
+        benchmark_cases(options)
+        profile_settings(options)
+    except B3Error as exc:
+        raise pytest.UsageError(f"b3: {exc}") from None
+    _memory_budget(config)
+
+
+def _benchmarking(config: pytest.Config) -> bool:
+    return bool(
+        getattr(config.option, "benchmark_only", False)
+        or getattr(config.option, "benchmark_autosave", False)
+        or getattr(config.option, "benchmark_save", None)
+        or getattr(config.option, "benchmark_compare", None) not in (None, False)
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    for fixture, mode in (("b3_train_case", "train"), ("b3_inference_case", "inference")):
+        if fixture in metafunc.fixturenames:
+            from .cases import benchmark_cases
+
+            cases = benchmark_cases(case_options(metafunc.config), mode=mode)
+            metafunc.parametrize(fixture, cases, ids=[c.label for c in cases])
+
+
+@pytest.fixture
+def b3_settings(request: pytest.FixtureRequest) -> tuple[int, int]:
+    """(rounds, warmup) for this run."""
+    from .cases import profile_settings
+
+    return profile_settings(case_options(request.config))
+
+
+@pytest.fixture
+def b3_note(request: pytest.FixtureRequest):
+    """`b3_note(text)`: a line for the b3 summary at the end of the run."""
+    return request.config.stash[_NOTES].append
+
+
+def _memory_budget(config: pytest.Config) -> int | None:
+    import os
+
+    from .errors import B3Error
+    from .memory import parse_memory_size
+
+    text = config.getoption("b3_memory_budget") or os.environ.get("B3_MEMORY_BUDGET")
+    if not text:
+        return None
+    try:
+        return parse_memory_size(text)
+    except B3Error as exc:
+        raise pytest.UsageError(f"b3: --b3-memory-budget: {exc}") from None
+
+
+@pytest.fixture
+def b3_bench(benchmark, b3_settings, request: pytest.FixtureRequest):
+    """Time a StepSpec with pytest-benchmark: `b3_bench(spec)`. A case that does not fit is
+    skipped with the reason, after its memory was released."""
+    from .cases import unsupported_reason
+    from .devices import synchronize
+    from .errors import StepOutOfMemory
+    from .machine import device_name
+    from .measure import StepResult, run_guarded
+    from .stats import Measurement
+
+    rounds, warmup = b3_settings
+
+    def run(spec):
+        reason = unsupported_reason(spec)
+        if reason:
+            pytest.skip(reason)
+
+        def timed(step, device):
+            def target():
+                step()
+                synchronize(device)  # the round ends when the device's work does
+
+            benchmark.pedantic(
+                target,
+                setup=lambda: synchronize(device),
+                rounds=rounds,
+                warmup_rounds=warmup,
+                iterations=1,
+            )
+            return device_name(device)
+
+        try:
+            name, peak = run_guarded(spec, timed, memory_budget=_memory_budget(request.config))
+        except StepOutOfMemory as oom:
+            pytest.skip(f"does not fit: {oom.reason}")
+        if benchmark.disabled:
+            return None
+        times = tuple(benchmark.stats.stats.data)
+        result = StepResult(
+            spec, Measurement(times, spec.samples_per_step), peak, float("nan"), name
+        )
+        benchmark.extra_info.update(extra_info(result))
+        request.config.stash[_RESULTS].append(result)
+        return result
+
+    return run
+
+
+def extra_info(result) -> dict:
+    """What b3 adds to each pytest-benchmark record (enough to rebuild the StepResult)."""
+    m, spec = result.measurement, result.spec
+    return {
+        "b3_spec": spec.to_dict(),
+        "b3_label": spec.label,
+        "times_s": list(m.times),
+        "samples_per_step": m.samples_per_step,
+        "effective_batch_size": spec.samples_per_step,
+        "precision": spec.precision,
+        "accumulation_steps": spec.accumulation_steps,
+        "samples_per_s_mean": m.samples_per_second.mean,
+        "samples_per_s_sd": m.samples_per_second.sd,
+        "samples_per_s_median": m.samples_per_second.median,
+        "iterations_per_s_mean": m.iterations_per_second.mean,
+        "iterations_per_s_sd": m.iterations_per_second.sd,
+        "peak_memory_bytes": result.memory.peak_bytes,
+        "peak_memory_reserved_bytes": result.memory.reserved_bytes,
+        "peak_memory_source": result.memory.source,
+        "device_name": result.device_name,
+        "outliers": m.outliers,
+        "warnings": m.warnings,
+    }
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    from .machine import machine_record
+
+    record = machine_record()
+    machine_info["b3"] = record
+    machine_info["b3_slug"] = record["slug"]
+    machine_info["gpu"] = record["gpu"]
+    machine_info["gpu_count"] = record["gpu_count"]
+    machine_info["gpus"] = record["gpus"]
+    for key in ("driver", "cuda", "cudnn", "torch", "torchvision"):
+        machine_info[key] = record[key]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    results, notes = config.stash.get(_RESULTS, []), config.stash.get(_NOTES, [])
+    if not results and not notes:
+        return
+    from .report import step_rows, to_text
+
+    terminalreporter.write_sep("=", "b3 summary (mean ± SD over rounds; median beside)")
+    if results:
+        terminalreporter.write_line(to_text(step_rows(results)))
+    for note in notes:
+        terminalreporter.write_line(note)
