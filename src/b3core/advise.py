@@ -1,0 +1,133 @@
+"""`b3 advise`: which batch size to use, from measurements (a sweep, the memory model, and a
+find-max-batch run when there is one), plus the learning rate and accumulation that go with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .lr_rules import accumulation_for, scale_lr, warmup_steps
+from .memory_model import MemoryFit
+from .models import create_model, has_batch_dependent_layers
+from .sweep import SweepResult
+
+NEAR_BEST = 0.95
+
+
+@dataclass(frozen=True)
+class LrRequest:
+    base_lr: float
+    base_batch: int
+    rule: str = "linear"
+    dataset_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Advice:
+    fastest_batch: int | None
+    fastest_samples_per_s: float | None
+    smallest_near_best: int | None
+    largest_safe: int | None
+    largest_safe_source: str
+    chosen_batch: int | None
+    lr: float | None = None
+    lr_rule: str | None = None
+    warmup_steps: int | None = None
+    target_batch: int | None = None
+    accumulation_steps: int | None = None
+    effective_batch: int | None = None
+    accumulation_note: str | None = None
+
+    def rows(self) -> list[tuple[str, str]]:
+        def show(v, fmt="{}"):
+            return "n/a" if v is None else fmt.format(v)
+
+        rate = show(self.fastest_samples_per_s, "{:.1f} samples/s")
+        rows = [
+            ("fastest batch (highest median samples/s)", f"{show(self.fastest_batch)} ({rate})"),
+            (
+                f"smallest batch within {100 - NEAR_BEST * 100:.0f}% of that",
+                show(self.smallest_near_best),
+            ),
+            ("largest safe batch", f"{show(self.largest_safe)} ({self.largest_safe_source})"),
+            ("chosen batch", show(self.chosen_batch)),
+        ]
+        if self.lr is not None:
+            at = self.effective_batch or self.chosen_batch
+            rows.append((f"learning rate for batch {at} ({self.lr_rule} rule)", f"{self.lr:.3g}"))
+            rows.append(("warm-up steps", show(self.warmup_steps)))
+        if self.target_batch is not None:
+            rows.append(
+                (
+                    f"accumulation for effective batch {self.target_batch}",
+                    f"{self.accumulation_steps} steps -> {self.effective_batch}",
+                )
+            )
+        if self.accumulation_note:
+            rows.append(("note", self.accumulation_note))
+        return rows
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def advise(
+    sweep: SweepResult,
+    *,
+    memory_fit: MemoryFit | None = None,
+    memory_budget: int | None = None,
+    found_max: int | None = None,
+    safety_margin: float = 0.10,
+    batch: int | None = None,
+    lr: LrRequest | None = None,
+    target_batch: int | None = None,
+) -> Advice:
+    # The largest safe batch: a measured edge when find-max-batch ran, else the memory model.
+    if found_max:
+        largest_safe, source = int(found_max * (1 - safety_margin)), "find-max-batch, with margin"
+    elif memory_fit is not None and memory_budget:
+        predicted = memory_fit.max_batch_for(memory_budget)
+        largest_safe = int(predicted * (1 - safety_margin))
+        source = "predicted by the memory model, with margin"
+    else:
+        largest_safe, source = None, "unknown: run find-max-batch or give --memory-budget"
+
+    measured = [
+        r
+        for r in sweep.for_mode("train")
+        if largest_safe is None or r.spec.batch_size <= largest_safe
+    ]
+    fastest = max(measured, key=lambda r: r.measurement.samples_per_second.median, default=None)
+    near = None
+    if fastest is not None:
+        best = fastest.measurement.samples_per_second.median
+        near = min(
+            r.spec.batch_size
+            for r in measured
+            if r.measurement.samples_per_second.median >= NEAR_BEST * best
+        )
+    chosen = batch or (fastest.spec.batch_size if fastest else None)
+
+    advice = dict(
+        fastest_batch=fastest.spec.batch_size if fastest else None,
+        fastest_samples_per_s=fastest.measurement.samples_per_second.median if fastest else None,
+        smallest_near_best=near,
+        largest_safe=largest_safe,
+        largest_safe_source=source,
+        chosen_batch=chosen,
+    )
+    lr_batch = chosen
+    if target_batch and chosen:
+        k, effective = accumulation_for(target_batch, chosen)
+        advice.update(target_batch=target_batch, accumulation_steps=k, effective_batch=effective)
+        lr_batch = effective  # the optimizer sees the effective batch
+        model = sweep.for_mode("train")[0].spec.model if sweep.for_mode("train") else None
+        if k > 1 and model and has_batch_dependent_layers(create_model(model)):
+            advice["accumulation_note"] = (
+                f"{model} has BatchNorm, which sees only the micro-batch of {chosen}: "
+                f"accumulating to {effective} is not identical to a true batch of {effective}"
+            )
+    if lr is not None and lr_batch:
+        advice.update(lr=scale_lr(lr.base_lr, lr.base_batch, lr_batch, lr.rule), lr_rule=lr.rule)
+        if lr.dataset_size:
+            advice["warmup_steps"] = warmup_steps(lr_batch, lr.base_batch, lr.dataset_size)
+    return Advice(**advice)

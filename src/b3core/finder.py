@@ -1,0 +1,167 @@
+"""`b3 find-max-batch`: the exact largest batch whose full training steps run without OOM.
+
+The batch grows exponentially until a probe fails, then bisects between the last success and
+the first failure. Each probe runs at least two full steps, so Adam's state exists, and can run
+in a fresh process (`isolate`), which avoids allocator fragmentation from earlier probes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .errors import B3Error, StepOutOfMemory
+from .isolated import measure_maybe_isolated
+from .measure import MIN_WARMUP, StepSpec
+from .memory_model import MemoryFit, fit_memory
+
+DEFAULT_SAFETY_MARGIN = 0.10
+
+
+@dataclass(frozen=True)
+class Probe:
+    batch_size: int
+    fits: bool
+    peak_bytes: int | None
+    reason: str
+    seconds: float
+
+
+@dataclass
+class FindMaxResult:
+    spec: StepSpec
+    memory_budget: int | None
+    probes: list[Probe] = field(default_factory=list)
+    max_batch: int = 0
+    hit_limit: bool = False
+    safety_margin: float = DEFAULT_SAFETY_MARGIN
+
+    @property
+    def recommended(self) -> int:
+        """The largest batch with a safety margin: the edge moves with fragmentation, other
+        processes on the device, and library versions."""
+        return (
+            max(1, math.floor(self.max_batch * (1 - self.safety_margin))) if self.max_batch else 0
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "spec": self.spec.to_dict(),
+            "memory_budget": self.memory_budget,
+            "max_batch": self.max_batch,
+            "recommended": self.recommended,
+            "safety_margin": self.safety_margin,
+            "hit_limit": self.hit_limit,
+            "probes": [p.__dict__ for p in self.probes],
+        }
+
+
+def find_max_batch(
+    spec: StepSpec,
+    *,
+    memory_budget: int | None = None,
+    start: int = 1,
+    limit: int = 65536,
+    isolate: bool = False,
+    steps: int = MIN_WARMUP,
+    safety_margin: float = DEFAULT_SAFETY_MARGIN,
+    on_probe: Callable[[Probe], None] | None = None,
+) -> FindMaxResult:
+    if start < 1 or limit < start:
+        raise B3Error(f"need 1 <= start <= limit, got start {start} and limit {limit}")
+    if not 0 <= safety_margin < 1:
+        raise B3Error(f"safety margin must be in [0, 1), got {safety_margin}")
+    result = FindMaxResult(spec.replace(mode="train"), memory_budget, safety_margin=safety_margin)
+    known: dict[int, bool] = {}
+
+    def fits(batch: int) -> bool:
+        if batch in known:
+            return known[batch]
+        began = time.perf_counter()
+        try:
+            measured = measure_maybe_isolated(
+                result.spec.replace(batch_size=batch),
+                isolate=isolate,
+                repeats=1,
+                warmup=steps,
+                memory_budget=memory_budget,
+            )
+            probe = Probe(batch, True, measured.memory.peak_bytes, "", time.perf_counter() - began)
+        except StepOutOfMemory as oom:
+            probe = Probe(batch, False, None, oom.reason, time.perf_counter() - began)
+        result.probes.append(probe)
+        if on_probe:
+            on_probe(probe)
+        known[batch] = probe.fits
+        return probe.fits
+
+    # Grow: find a failing size above a fitting one (or shrink when even `start` fails).
+    low, high = 0, None
+    batch = start
+    if fits(batch):
+        low = batch
+        while batch < limit:
+            batch = min(batch * 2, limit)
+            if not fits(batch):
+                high = batch
+                break
+            low = batch
+        if high is None:
+            result.max_batch, result.hit_limit = low, True
+            return result
+    else:
+        high = batch
+        while batch > 1:
+            batch //= 2
+            if fits(batch):
+                low = batch
+                break
+            high = batch
+        if low == 0:
+            return result  # not even batch 1 fits
+    # Bisect: low fits, high does not.
+    while high - low > 1:
+        mid = (low + high) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid
+    result.max_batch = low
+    return result
+
+
+def fit_memory_model(
+    spec: StepSpec, batch_sizes, *, memory_budget: int | None, isolate: bool = False
+) -> MemoryFit | None:
+    """Peak memory of full training steps at a few sizes, and the line through them. Sizes that
+    do not fit are left out; None when fewer than two fit."""
+    sizes, peaks = [], []
+    if not isolate:
+        # The first configuration in a process also pays one-time costs (kernel caches, thread
+        # pools) that no later batch size pays again: spend them on a discarded run.
+        try:
+            measure_maybe_isolated(
+                spec.replace(batch_size=min(batch_sizes), mode="train"),
+                isolate=False,
+                repeats=1,
+                warmup=MIN_WARMUP,
+                memory_budget=memory_budget,
+            )
+        except StepOutOfMemory:
+            pass
+    for size in batch_sizes:
+        try:
+            measured = measure_maybe_isolated(
+                spec.replace(batch_size=size, mode="train"),
+                isolate=isolate,
+                repeats=1,
+                warmup=MIN_WARMUP,
+                memory_budget=memory_budget,
+            )
+        except StepOutOfMemory:
+            continue
+        sizes.append(size)
+        peaks.append(measured.memory.peak_bytes)
+    return fit_memory(sizes, peaks) if len(set(sizes)) >= 2 else None

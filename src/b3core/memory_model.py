@@ -1,0 +1,85 @@
+"""The memory model M(B) = fixed + per_sample * B: fitted from measured peaks, checked against
+the analytic size of parameters, gradients and optimizer state, and used to predict B_max."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+from .models import count_parameters, create_model
+
+# Extra fp32 tensors per parameter that each optimizer keeps (Adam: two moments; SGD: momentum).
+OPTIMIZER_STATES = {"adam": 2, "sgd": 1}
+FP32_BYTES = 4
+
+
+@dataclass(frozen=True)
+class MemoryFit:
+    fixed_bytes: float
+    per_sample_bytes: float
+    r_squared: float
+    batch_sizes: tuple[int, ...]
+    peak_bytes: tuple[int, ...]
+
+    def predict(self, batch_size: int) -> float:
+        return self.fixed_bytes + self.per_sample_bytes * batch_size
+
+    def max_batch_for(self, budget_bytes: int) -> int:
+        """Largest B with predicted M(B) within the budget (0 if not even one sample fits)."""
+        if self.per_sample_bytes <= 0:
+            raise ValueError("the fit found no per-sample memory: measure wider batch sizes")
+        return max(0, math.floor((budget_bytes - self.fixed_bytes) / self.per_sample_bytes))
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def fit_memory(batch_sizes: Sequence[int], peak_bytes: Sequence[int]) -> MemoryFit:
+    """Least-squares line through (batch size, peak bytes); needs at least two distinct sizes."""
+    if len(set(batch_sizes)) < 2:
+        raise ValueError("a memory fit needs peaks at two or more batch sizes")
+    line = sps.linregress(np.asarray(batch_sizes, float), np.asarray(peak_bytes, float))
+    return MemoryFit(
+        float(line.intercept),
+        float(line.slope),
+        float(line.rvalue**2),
+        tuple(int(b) for b in batch_sizes),
+        tuple(int(p) for p in peak_bytes),
+    )
+
+
+@dataclass(frozen=True)
+class AnalyticMemory:
+    """What training must hold whatever the batch: fp32 weights, their gradients, and the
+    optimizer's state (mixed precision keeps fp32 master weights, so this does not shrink)."""
+
+    parameters: int
+    parameter_bytes: int
+    gradient_bytes: int
+    optimizer_state_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.parameter_bytes + self.gradient_bytes + self.optimizer_state_bytes
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "total_bytes": self.total_bytes}
+
+
+def analytic_fixed_memory(model: str, optimizer: str = "adam", **model_kwargs) -> AnalyticMemory:
+    n = count_parameters(create_model(model, **model_kwargs))
+    return AnalyticMemory(
+        parameters=n,
+        parameter_bytes=n * FP32_BYTES,
+        gradient_bytes=n * FP32_BYTES,
+        optimizer_state_bytes=n * FP32_BYTES * OPTIMIZER_STATES[optimizer],
+    )
+
+
+def prediction_error(predicted: int, actual: int) -> float:
+    """Relative error of a predicted B_max against the measured one (+ means over-predicted)."""
+    return (predicted - actual) / actual if actual else float("nan")

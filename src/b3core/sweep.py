@@ -1,0 +1,275 @@
+"""`b3 sweep`: time a configuration over many batch sizes.
+
+Work is split into units (mode, batch size, pass). Every pass visits all sizes in a fresh
+shuffled order, so drift (clock boost, heat, other load) spreads over all sizes instead of biasing
+one. Each finished unit is appended to a JSON-lines log and flushed at once, so an interrupted
+sweep loses nothing already measured, and `--resume` runs only the units still missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import B3Error, StepOutOfMemory
+from .isolated import measure_maybe_isolated
+from .measure import MIN_WARMUP, StepResult, StepSpec
+from .memory import PeakMemory
+from .memory_model import MemoryFit, fit_memory
+from .stats import Measurement
+
+LOG_NAME = "sweep.jsonl"
+LOG_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Unit:
+    mode: str
+    batch_size: int
+    pass_index: int
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.mode, self.batch_size, self.pass_index)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    base: StepSpec
+    batch_sizes: tuple[int, ...]
+    repeats: int = 10
+    passes: int = 5
+    warmup: int = MIN_WARMUP
+    inference: bool = False
+    isolate: bool = False
+    memory_budget: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes:
+            raise B3Error("a sweep needs at least one batch size")
+        if min(self.batch_sizes) < 1:
+            raise B3Error(f"batch sizes must be positive, got {min(self.batch_sizes)}")
+        if self.passes < 1 or self.repeats < self.passes:
+            raise B3Error(
+                f"need passes >= 1 and repeats >= passes, got {self.repeats} repeats "
+                f"in {self.passes} passes"
+            )
+        if self.warmup < MIN_WARMUP:
+            raise B3Error(f"warm-up must be at least {MIN_WARMUP} steps, got {self.warmup}")
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return ("train", "inference") if self.inference else ("train",)
+
+    def units(self) -> list[Unit]:
+        order = []
+        for p in range(self.passes):
+            units = [Unit(m, b, p) for m in self.modes for b in self.batch_sizes]
+            random.Random(self.seed * 7919 + p).shuffle(units)
+            order += units
+        return order
+
+    def repeats_in_pass(self, pass_index: int) -> int:
+        base, extra = divmod(self.repeats, self.passes)
+        return base + (1 if pass_index < extra else 0)
+
+    def spec_for(self, unit: Unit) -> StepSpec:
+        acc = self.base.accumulation_steps if unit.mode == "train" else 1
+        return self.base.replace(batch_size=unit.batch_size, mode=unit.mode, accumulation_steps=acc)
+
+    def identity(self) -> dict:
+        """What must match for `--resume` to continue this sweep rather than another."""
+        base = self.base.to_dict()
+        base.pop("batch_size")
+        return {
+            "base": base,
+            "batch_sizes": list(self.batch_sizes),
+            "repeats": self.repeats,
+            "passes": self.passes,
+            "warmup": self.warmup,
+            "inference": self.inference,
+            "seed": self.seed,
+        }
+
+
+class SweepLog:
+    """The append-only record of a sweep: a header line, then one line per finished unit."""
+
+    def __init__(self, path: Path, records: dict[tuple, dict]):
+        self.path, self.records = path, records
+
+    @classmethod
+    def open(cls, out_dir: str | Path, plan: SweepPlan, *, resume: bool, machine: dict) -> SweepLog:
+        path = Path(out_dir) / LOG_NAME
+        if path.exists():
+            if not resume:
+                raise B3Error(
+                    f"{path} already holds a sweep: pass --resume to continue it, "
+                    f"or choose another --out"
+                )
+            header, records = read_log(path)
+            measured_on = header.get("machine", {}).get("slug")
+            if measured_on != machine.get("slug"):
+                raise B3Error(
+                    f"{path} was measured on {measured_on}, this is {machine.get('slug')}: "
+                    f"results from two machines must not mix; choose another --out"
+                )
+            if _with_current_defaults(header["plan"]) != plan.identity():
+                raise B3Error(
+                    f"{path} was written for a different sweep; resume with the same "
+                    f"options, or choose another --out"
+                )
+            return cls(path, records)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = {"b3_sweep": LOG_FORMAT, "plan": plan.identity(), "machine": machine}
+        with path.open("w") as f:
+            f.write(json.dumps(header) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return cls(path, {})
+
+    def append(self, unit: Unit, record: dict) -> None:
+        record = {
+            "mode": unit.mode,
+            "batch_size": unit.batch_size,
+            "pass": unit.pass_index,
+            **record,
+        }
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records[unit.key] = record
+
+
+def _with_current_defaults(identity: dict) -> dict:
+    """A logged plan with fields added to StepSpec since then filled with their defaults."""
+    base = StepSpec.from_dict({**identity["base"], "batch_size": 1}).to_dict()
+    base.pop("batch_size")
+    return {**identity, "base": base}
+
+
+def read_log(path: str | Path) -> tuple[dict, dict[tuple, dict]]:
+    """(header, records by unit key). A last line cut off by a kill mid-write is dropped; any
+    other damage is a one-line B3Error."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise B3Error(f"no sweep log at {path}") from None
+    except UnicodeDecodeError:
+        raise B3Error(f"sweep log {path} is corrupt: not text") from None
+    lines = text.split("\n")
+    if lines and lines[-1] != "":
+        lines = lines[:-1]  # unterminated: the write was interrupted
+    lines = [line for line in lines if line.strip()]
+    try:
+        header = json.loads(lines[0])
+        if header.get("b3_sweep") != LOG_FORMAT or "plan" not in header:
+            raise ValueError("not a b3 sweep log header")
+        records = {}
+        for number, line in enumerate(lines[1:], start=2):
+            record = json.loads(line)
+            key = (record["mode"], int(record["batch_size"]), int(record["pass"]))
+            if "result" in record:
+                StepResult.from_dict(record["result"])  # validates the record
+            elif "oom" not in record:
+                raise ValueError(f"line {number} has neither a result nor an oom")
+            records[key] = record
+    except (IndexError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise B3Error(f"sweep log {path} is corrupt: {exc}") from None
+    return header, records
+
+
+@dataclass
+class SweepResult:
+    """Per (mode, batch size): all passes' times merged, or why the size did not run."""
+
+    results: list[StepResult] = field(default_factory=list)
+    failures: dict[tuple[str, int], str] = field(default_factory=dict)
+    pass_rates: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+
+    def for_mode(self, mode: str) -> list[StepResult]:
+        return sorted(
+            (r for r in self.results if r.spec.mode == mode), key=lambda r: r.spec.batch_size
+        )
+
+    def rates(self, mode: str = "train") -> dict[int, list[float]]:
+        """Mean samples/s of each pass, per size: the replicates for the alignment tests. Steps
+        within one pass share that moment's machine state, so they are not independent; the
+        passes, each in its own shuffled order, are."""
+        return {size: rates for (m, size), rates in sorted(self.pass_rates.items()) if m == mode}
+
+    def memory_fit(self, mode: str = "train") -> MemoryFit | None:
+        runs = self.for_mode(mode)
+        if len(runs) < 2:
+            return None
+        return fit_memory([r.spec.batch_size for r in runs], [r.memory.peak_bytes for r in runs])
+
+
+def aggregate(records: Iterable[dict]) -> SweepResult:
+    by_size: dict[tuple[str, int], list[dict]] = {}
+    for record in records:
+        by_size.setdefault((record["mode"], record["batch_size"]), []).append(record)
+    result = SweepResult()
+    for key, group in sorted(by_size.items()):
+        group.sort(key=lambda r: r["pass"])
+        measured = [StepResult.from_dict(r["result"]) for r in group if "result" in r]
+        ooms = [r["oom"] for r in group if "oom" in r]
+        if not measured:
+            result.failures[key] = ooms[0]
+            continue
+        first = measured[0]
+        result.pass_rates[key] = [r.measurement.samples_per_second.mean for r in measured]
+        times = tuple(t for r in measured for t in r.measurement.times)
+        peak = max((r.memory for r in measured), key=lambda m: m.peak_bytes)
+        result.results.append(
+            StepResult(
+                first.spec,
+                Measurement(times, first.measurement.samples_per_step),
+                PeakMemory(peak.peak_bytes, peak.reserved_bytes, peak.source),
+                first.first_call_s,
+                first.device_name,
+            )
+        )
+    return result
+
+
+def run_sweep(
+    plan: SweepPlan,
+    log: SweepLog,
+    *,
+    on_unit: Callable[[Unit, dict | None], None] | None = None,
+) -> SweepResult:
+    """Run every unit the log does not hold yet. A size that ran out of memory is recorded once
+    and not retried in later passes (on_unit sees None for those); the sweep goes on."""
+    failed = {(r["mode"], r["batch_size"]) for r in log.records.values() if "oom" in r}
+    for unit in plan.units():
+        if unit.key in log.records:
+            continue
+        if (unit.mode, unit.batch_size) in failed:
+            if on_unit:
+                on_unit(unit, None)
+            continue
+        try:
+            result = measure_maybe_isolated(
+                plan.spec_for(unit),
+                isolate=plan.isolate,
+                repeats=plan.repeats_in_pass(unit.pass_index),
+                warmup=plan.warmup,
+                memory_budget=plan.memory_budget,
+                seed=plan.seed,
+            )
+            record = {"result": result.to_dict()}
+        except StepOutOfMemory as oom:
+            failed.add((unit.mode, unit.batch_size))
+            record = {"oom": oom.reason}
+        log.append(unit, record)
+        if on_unit:
+            on_unit(unit, record)
+    return aggregate(log.records.values())

@@ -1,0 +1,126 @@
+"""What a sweep leaves behind: CSV and JSON rewritten after every unit, the plot at the end, and
+the text summary. Reads results; never measures."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .alignment import compare_neighbours, comparison_frame, verdict
+from .memory_model import AnalyticMemory, analytic_fixed_memory
+from .plots import plot_batch_curves
+from .report import display_frame, results_frame, to_text
+from .sweep import SweepResult
+
+
+def sweep_frame(sweep: SweepResult) -> pd.DataFrame:
+    frame = results_frame(sweep.results)
+    if not frame.empty:
+        frame.insert(0, "status", "ok")
+    failures = pd.DataFrame(
+        [
+            {"status": "out of memory", "mode": mode, "batch": size, "notes": reason}
+            for (mode, size), reason in sorted(sweep.failures.items())
+        ]
+    )
+    return pd.concat([frame, failures], ignore_index=True) if not failures.empty else frame
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Readers never see a half-written file, even if the sweep is killed mid-write."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def analytic_memory(sweep: SweepResult) -> AnalyticMemory | None:
+    """Weights + gradients + optimizer state of the swept model: what the fit's fixed part
+    should come near (on CUDA; on CPU the process's other growth adds to it)."""
+    train = sweep.for_mode("train")
+    if not train:
+        return None
+    spec = train[0].spec
+    return analytic_fixed_memory(spec.model, spec.optimizer, image_size=spec.image_size)
+
+
+def alignment_verdicts(sweep: SweepResult, comparisons) -> dict[str, str]:
+    rates = sweep.rates("train")
+    if rates and min(len(r) for r in rates.values()) < 2:
+        reason = "Alignment needs at least 2 passes per batch size (--passes): none was tested."
+        return {"power of 2": reason, "multiple of 8": reason}
+    return {kind: verdict(comparisons, kind) for kind in ("power of 2", "multiple of 8")}
+
+
+def sweep_summary_dict(sweep: SweepResult, machine: dict) -> dict:
+    comparisons = compare_neighbours(sweep.rates("train"))
+    verdicts = alignment_verdicts(sweep, comparisons)
+    fit = sweep.memory_fit("train")
+    analytic = analytic_memory(sweep)
+    return {
+        "machine": machine,
+        "results": [r.to_dict() for r in sweep.results],
+        "failures": [
+            {"mode": m, "batch_size": b, "reason": why}
+            for (m, b), why in sorted(sweep.failures.items())
+        ],
+        "memory_fit": fit.to_dict() if fit else None,
+        "analytic_fixed_memory": analytic.to_dict() if analytic else None,
+        "alignment": [c.__dict__ for c in comparisons],
+        "verdict_powers_of_two": verdicts["power of 2"],
+        "verdict_multiples_of_8": verdicts["multiple of 8"],
+    }
+
+
+def write_sweep_report(
+    out_dir: str | Path, sweep: SweepResult, machine: dict, *, final: bool
+) -> list[Path]:
+    out = Path(out_dir)
+    csv_path, json_path = out / "sweep.csv", out / "sweep.json"
+    _atomic_write(csv_path, sweep_frame(sweep).to_csv(index=False))
+    _atomic_write(
+        json_path, json.dumps(sweep_summary_dict(sweep, machine), indent=2, default=str) + "\n"
+    )
+    written = [csv_path, json_path]
+    frame = results_frame(sweep.results)
+    if final and not frame.empty:
+        fit = sweep.memory_fit("train")
+        memory = (fit.fixed_bytes, fit.per_sample_bytes) if fit else None
+        written.append(
+            plot_batch_curves(
+                frame[frame["mode"] == "train"] if memory else frame,
+                out / "sweep.png",
+                memory_fit=memory,
+                title="b3 sweep: " + machine.get("slug", ""),
+            )
+        )
+    return written
+
+
+def render_sweep_summary(sweep: SweepResult) -> str:
+    parts = []
+    if sweep.results:
+        parts.append(to_text(display_frame(results_frame(sweep.results))))
+    for (mode, size), reason in sorted(sweep.failures.items()):
+        parts.append(f"{mode} batch {size}: out of memory ({reason})")
+    comparisons = compare_neighbours(sweep.rates("train"))
+    verdicts = alignment_verdicts(sweep, comparisons)
+    if comparisons:
+        parts.append(
+            "Alignment (training samples/s, aligned size minus neighbour, over passes):\n"
+            + to_text(comparison_frame(comparisons))
+        )
+    parts.append(verdicts["power of 2"])
+    if any(c.kind == "multiple of 8" for c in comparisons):
+        parts.append(verdicts["multiple of 8"])
+    fit = sweep.memory_fit("train")
+    if fit:
+        parts.append(
+            f"Memory model: M(B) = {fit.fixed_bytes / 2**20:.1f} MiB + "
+            f"{fit.per_sample_bytes / 2**20:.3f} MiB x B (R² = {fit.r_squared:.3f}); "
+            f"weights, gradients and optimizer state come to "
+            f"{analytic_memory(sweep).total_bytes / 2**20:.1f} MiB"
+        )
+    return "\n\n".join(parts)

@@ -1,0 +1,117 @@
+import json
+
+import pytest
+
+from b3core.advise import LrRequest, advise
+from b3core.cli import main
+from b3core.measure import StepResult, StepSpec
+from b3core.memory import PeakMemory
+from b3core.memory_model import fit_memory
+from b3core.stats import Measurement
+from b3core.sweep import SweepResult
+
+
+def sweep_with(rates: dict[int, float], model: str = "simple_cnn") -> SweepResult:
+    """A sweep whose batch B runs at rates[B] samples/s, steadily."""
+    results = []
+    for b, rate in rates.items():
+        step = b / rate
+        times = (step * 0.99, step, step * 1.01, step)
+        results.append(
+            StepResult(
+                StepSpec(model, b, device="cpu"),
+                Measurement(times, b),
+                PeakMemory(1000 + 10 * b, None, "fake"),
+                0.0,
+                "cpu",
+            )
+        )
+    return SweepResult(results=results)
+
+
+RATES = {16: 500.0, 32: 900.0, 64: 980.0, 128: 1000.0, 256: 1010.0}
+
+
+def test_fastest_and_smallest_within_five_percent():
+    advice = advise(sweep_with(RATES))
+    assert advice.fastest_batch == 256
+    assert advice.smallest_near_best == 64  # 980 >= 0.95 * 1010; 900 is not
+    assert advice.largest_safe is None
+
+
+def test_largest_safe_batch_caps_the_choice():
+    advice = advise(sweep_with(RATES), found_max=200, safety_margin=0.1)
+    assert advice.largest_safe == 180
+    assert advice.fastest_batch == 128  # 256 does not fit safely
+
+
+def test_memory_model_predicts_the_safe_batch_when_no_search_ran():
+    fit = fit_memory([16, 32], [1000 + 10 * 16, 1000 + 10 * 32])
+    advice = advise(sweep_with(RATES), memory_fit=fit, memory_budget=1000 + 10 * 100)
+    assert advice.largest_safe == 90 and "predicted" in advice.largest_safe_source
+
+
+def test_learning_rate_and_accumulation_for_the_chosen_batch():
+    advice = advise(
+        sweep_with(RATES), batch=128, lr=LrRequest(5e-4, 128, "linear", 45_000), target_batch=1024
+    )
+    assert advice.accumulation_steps == 8 and advice.effective_batch == 1024
+    assert advice.lr == pytest.approx(4e-3)  # scaled to the effective batch
+    assert advice.warmup_steps == 220  # 5 epochs of 45,000 at 1024
+    assert advice.accumulation_note is None  # simple_cnn has no BatchNorm
+    sqrt = advise(sweep_with(RATES), batch=512, lr=LrRequest(5e-4, 128, "sqrt"))
+    assert sqrt.lr == pytest.approx(1e-3)
+
+
+def test_accumulation_with_batchnorm_says_it_is_not_a_true_large_batch():
+    advice = advise(sweep_with(RATES, model="tanh_cnn"), batch=64, target_batch=512)
+    assert "BatchNorm" in advice.accumulation_note and "512" in advice.accumulation_note
+
+
+def test_cli_advise_from_a_real_sweep(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert (
+        main(
+            [
+                *"sweep --batch-sizes 8,16 --repeats 2 --passes 1 --device cpu --out".split(),
+                str(out),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    code = main(
+        [
+            *"advise --sweep".split(),
+            str(out),
+            *"--base-lr 5e-4 --base-batch 8 --target-batch 64 --json".split(),
+            str(tmp_path / "a.json"),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0 and "fastest batch" in printed and "accumulation" in printed
+    assert (tmp_path / "a.json").exists()
+
+
+def test_cli_advise_errors(tmp_path, capsys):
+    assert main(["advise", "--sweep", str(tmp_path)]) == 2
+    assert "no sweep log" in capsys.readouterr().err
+
+
+def test_cli_advise_refuses_a_find_max_file_of_another_setup(tmp_path, capsys):
+    out = tmp_path / "s"
+    argv = "sweep --batch-sizes 8,16 --repeats 2 --passes 1 --device cpu --out"
+    assert main([*argv.split(), str(out)]) == 0
+    other = tmp_path / "max.json"
+    spec = {
+        "model": "resnet18",
+        "precision": "fp32",
+        "image_size": None,
+        "optimizer": "adam",
+        "channels_last": False,
+        "device": "cpu",
+    }
+    other.write_text(json.dumps({"max_batch": 64, "spec": spec}))
+    capsys.readouterr()
+    assert main(["advise", "--sweep", str(out), "--find-max", str(other)]) == 2
+    assert "another setup" in capsys.readouterr().err

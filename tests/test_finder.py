@@ -1,0 +1,109 @@
+import json
+
+import pytest
+
+import b3core.finder as finder
+from b3core.errors import B3Error, StepOutOfMemory
+from b3core.finder import find_max_batch
+from b3core.measure import StepSpec, measure
+from b3core.memory import PeakMemory
+
+SPEC = StepSpec("simple_cnn", 1, device="cpu")
+
+
+def fake_device(edge: int, calls: list):
+    """A device on which batches up to `edge` fit; records each probe's warm-up length."""
+
+    class Fake:
+        def __init__(self, b):
+            self.memory = PeakMemory(b * 1000, None, "fake")
+
+    def probe(spec, *, isolate, repeats, warmup, memory_budget):
+        calls.append((spec.batch_size, warmup + repeats))
+        if spec.batch_size > edge:
+            raise StepOutOfMemory(spec.label, "fake OOM")
+        return Fake(spec.batch_size)
+
+    return probe
+
+
+@pytest.mark.parametrize("edge", [1, 37, 64, 1000])
+def test_search_finds_the_exact_edge(monkeypatch, edge):
+    calls = []
+    monkeypatch.setattr(finder, "measure_maybe_isolated", fake_device(edge, calls))
+    result = find_max_batch(SPEC)
+    assert result.max_batch == edge
+    tried = {p.batch_size: p.fits for p in result.probes}
+    assert tried[edge] is True and tried[edge + 1] is False  # both sides of the edge measured
+    assert all(steps >= 3 for _, steps in calls)  # at least 2 full steps before the last
+    assert len(result.probes) == len(tried)  # no size probed twice
+    assert result.recommended == max(1, int(edge * 0.9))
+
+
+def test_search_shrinks_when_the_start_does_not_fit(monkeypatch):
+    monkeypatch.setattr(finder, "measure_maybe_isolated", fake_device(5, []))
+    result = find_max_batch(SPEC, start=64)
+    assert result.max_batch == 5
+
+
+def test_nothing_fits(monkeypatch):
+    monkeypatch.setattr(finder, "measure_maybe_isolated", fake_device(0, []))
+    result = find_max_batch(SPEC)
+    assert result.max_batch == 0 and result.recommended == 0
+
+
+def test_limit_stops_the_growth(monkeypatch):
+    monkeypatch.setattr(finder, "measure_maybe_isolated", fake_device(10**6, []))
+    result = find_max_batch(SPEC, limit=100)
+    assert result.max_batch == 100 and result.hit_limit
+
+
+def test_bad_search_arguments():
+    with pytest.raises(B3Error):
+        find_max_batch(SPEC, start=10, limit=5)
+    with pytest.raises(B3Error):
+        find_max_batch(SPEC, safety_margin=1.5)
+
+
+def test_real_search_on_cpu_under_a_budget():
+    """b3's own OOM path on CPU: the found edge fits the budget and one more does not."""
+    budget = 120 * 2**20
+    result = find_max_batch(SPEC, memory_budget=budget, limit=4096)
+    assert 16 < result.max_batch < 4096
+    edge = {p.batch_size: p for p in result.probes}
+    assert edge[result.max_batch].fits and edge[result.max_batch].peak_bytes <= budget
+    assert not edge[result.max_batch + 1].fits
+
+
+def test_isolated_probe_runs_in_a_fresh_process():
+    from b3core.isolated import measure_isolated
+
+    result = measure_isolated(SPEC.replace(batch_size=4), repeats=2, warmup=2)
+    assert result.measurement.time.n == 2
+    with pytest.raises(StepOutOfMemory):
+        measure_isolated(SPEC.replace(batch_size=4), repeats=1, warmup=2, memory_budget=1024)
+    assert measure(SPEC.replace(batch_size=2), repeats=2).measurement.time.n == 2
+
+
+def test_cli_find_max_batch_reports_probes_prediction_and_json(tmp_path, capsys):
+    from b3core.cli import main
+
+    out = tmp_path / "max.json"
+    argv = "find-max-batch --model simple_cnn --device cpu --memory-budget 100M --limit 2048"
+    assert main([*argv.split(), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "probe batch" in printed and "largest batch that fits" in printed
+    assert "predicted largest batch" in printed and "error" in printed
+    payload = json.loads(out.read_text())
+    assert payload["recommended"] == int(payload["max_batch"] * 0.9)
+    assert payload["memory_fit"]["per_sample_bytes"] > 0 and "machine" in payload
+
+
+def test_cli_memory_compares_fit_with_analytic(capsys):
+    from b3core.cli import main
+
+    argv = "memory --model simple_cnn --device cpu --batch-sizes 32,64,128 --memory-budget 1G"
+    assert main(argv.split()) == 0
+    printed = capsys.readouterr().out
+    assert "fit: M(B) =" in printed and "analytic fixed part: 0.6 MiB" in printed
+    assert "predicted largest batch within 1024 MiB" in printed
