@@ -1,0 +1,41 @@
+"""The `b3` command line: one module per subcommand. Each parses, calls the library, and prints."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from .. import __version__
+from ..errors import B3Error
+from . import advise, info, memory, report, run, step, sweep
+from .options import OneLineParser
+
+SUBCOMMANDS = (info, step, run, sweep, memory, advise, report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="b3", description="b3, the Basic Batchsize Benchmark")
+    parser.add_argument("--version", action="version", version=f"b3 {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    for module in SUBCOMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except B3Error as exc:
+        print(f"b3 {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"b3 {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `b3 ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

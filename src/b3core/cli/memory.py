@@ -1,0 +1,157 @@
+"""`b3 find-max-batch` and `b3 memory`: the largest batch that fits, and the memory model."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..devices import resolve_device
+from ..errors import B3Error
+from .options import (
+    add_model_options,
+    batch_size_list,
+    memory_size,
+    positive_int,
+    spec_from_args,
+    write_json,
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("find-max-batch", help="the largest batch whose training steps fit")
+    add_model_options(p)
+    p.add_argument(
+        "--memory-budget",
+        type=memory_size,
+        default=None,
+        help="cap memory (e.g. 2G); on CPU the default is a quarter of what is free",
+    )
+    p.add_argument("--start", type=positive_int, default=1)
+    p.add_argument("--limit", type=positive_int, default=65536)
+    p.add_argument("--isolate", action="store_true", help="each probe in a fresh process")
+    p.add_argument("--safety-margin", type=float, default=0.10)
+    p.add_argument(
+        "--fit-sizes",
+        type=batch_size_list,
+        default=[8, 16, 32, 64],
+        help="batch sizes for the memory model's prediction",
+    )
+    p.add_argument("--json", metavar="PATH")
+    p.set_defaults(func=cmd_find_max_batch)
+
+    p = sub.add_parser("memory", help="fit the memory model M(B) = fixed + per_sample * B")
+    p.add_argument("--batch-sizes", "--batch_sizes", type=batch_size_list, default=[8, 16, 32, 64])
+    add_model_options(p)
+    p.add_argument("--memory-budget", type=memory_size, default=None)
+    p.add_argument("--isolate", action="store_true", help="each size in a fresh process")
+    p.add_argument("--json", metavar="PATH")
+    p.set_defaults(func=cmd_memory)
+
+
+def default_cpu_budget() -> int:
+    """A quarter of the memory available now: doubling from there stays clear of the OOM killer."""
+    from ..memory import available_host_memory
+
+    return available_host_memory() // 4
+
+
+def cmd_find_max_batch(args: argparse.Namespace) -> int:
+    from ..finder import find_max_batch, fit_memory_model
+    from ..machine import machine_record
+    from ..memory_model import analytic_fixed_memory, prediction_error
+
+    spec = spec_from_args(args, args.start)
+    device = resolve_device(spec.device)
+    budget = args.memory_budget
+    if budget is None and device.type != "cuda":
+        budget = default_cpu_budget()
+        print(f"no --memory-budget: using a quarter of available memory, {budget / 2**20:.0f} MiB")
+    print(
+        f"finding the largest batch for {spec.model} ({spec.precision}) on {device}"
+        + (f" within {budget / 2**20:.0f} MiB" if budget else ""),
+        flush=True,
+    )
+    fit = fit_memory_model(spec, args.fit_sizes, memory_budget=budget, isolate=args.isolate)
+    target = budget or (
+        machine_record()["gpus"][0]["memory_bytes"] if device.type == "cuda" else None
+    )
+    predicted = fit.max_batch_for(target) if fit and target and fit.per_sample_bytes > 0 else None
+
+    def show(probe) -> None:
+        what = f"fits, peak {probe.peak_bytes / 2**20:.0f} MiB" if probe.fits else probe.reason
+        print(f"  probe batch {probe.batch_size:>6}: {what} ({probe.seconds:.1f} s)", flush=True)
+
+    result = find_max_batch(
+        spec,
+        memory_budget=budget,
+        start=args.start,
+        limit=args.limit,
+        isolate=args.isolate,
+        safety_margin=args.safety_margin,
+        on_probe=show,
+    )
+    if result.max_batch == 0:
+        print("not even batch 1 fits")
+    else:
+        edge = "reached --limit" if result.hit_limit else "exact edge"
+        print(f"largest batch that fits: {result.max_batch} ({edge}, {len(result.probes)} probes)")
+        print(f"recommended: {result.recommended} (safety margin {args.safety_margin:.0%})")
+    payload = result.to_dict()
+    if fit:
+        print(
+            f"memory model: M(B) = {fit.fixed_bytes / 2**20:.1f} MiB + "
+            f"{fit.per_sample_bytes / 2**20:.3f} MiB x B, from batches {list(fit.batch_sizes)}"
+        )
+        payload["memory_fit"] = fit.to_dict()
+        analytic = analytic_fixed_memory(spec.model, spec.optimizer, image_size=spec.image_size)
+        payload["analytic_fixed_memory"] = analytic.to_dict()
+        print(
+            f"analytic fixed part: {analytic.total_bytes / 2**20:.1f} MiB "
+            f"(weights, gradients and {spec.optimizer} state)"
+        )
+    if predicted is not None:
+        payload["predicted_max_batch"] = predicted
+        if result.max_batch and not result.hit_limit:
+            error = prediction_error(predicted, result.max_batch)
+            payload["prediction_error"] = error
+            print(f"predicted largest batch: {predicted} (error {error:+.1%} against the search)")
+        else:
+            print(f"predicted largest batch: {predicted}")
+    if args.json:
+        write_json(args.json, {**payload, "machine": machine_record()})
+    return 0
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from ..finder import fit_memory_model
+    from ..memory_model import analytic_fixed_memory
+
+    spec = spec_from_args(args, args.batch_sizes[0])
+    fit = fit_memory_model(spec, args.batch_sizes, memory_budget=None, isolate=args.isolate)
+    if fit is None:
+        raise B3Error("too few batch sizes fitted in memory for a fit; try smaller ones")
+    analytic = analytic_fixed_memory(spec.model, spec.optimizer, image_size=spec.image_size)
+    for size, peak in zip(fit.batch_sizes, fit.peak_bytes):
+        print(f"  batch {size:>6}: peak {peak / 2**20:9.1f} MiB")
+    print(
+        f"fit: M(B) = {fit.fixed_bytes / 2**20:.1f} MiB + {fit.per_sample_bytes / 2**20:.3f} "
+        f"MiB x B (R² = {fit.r_squared:.4f})"
+    )
+    print(
+        f"analytic fixed part: {analytic.total_bytes / 2**20:.1f} MiB "
+        f"({analytic.parameters:,} parameters: weights, gradients and {spec.optimizer} state)"
+    )
+    if args.memory_budget:
+        print(
+            f"predicted largest batch within {args.memory_budget / 2**20:.0f} MiB: "
+            f"{fit.max_batch_for(args.memory_budget)}"
+        )
+    if args.json:
+        from ..machine import machine_record
+
+        payload = {
+            "fit": fit.to_dict(),
+            "analytic": analytic.to_dict(),
+            "machine": machine_record(),
+        }
+        write_json(args.json, payload)
+    return 0
