@@ -5,7 +5,8 @@ Tolerance, measured here: over 20 trials of this exact comparison on a 2-core CP
 medians harness/Timer ranged 0.86-1.09 (median 1.01). Shared CI CPUs are noisier (one run saw a
 step's median double for a whole test), so the bound is ±40%, about three times the worst
 deviation seen here; real defects still land outside it: timing warm-up steps, counting only the
-forward pass, or a per-micro-batch slip with accumulation all halve or double the ratio. Timer defaults to one thread, so it is given the harness's thread count.
+forward pass, or a per-micro-batch slip with accumulation all halve or double the ratio.
+Timer defaults to one thread, so it is given the harness's thread count.
 """
 
 import statistics
