@@ -100,10 +100,10 @@ def cifar10_splits(
         test = datasets.CIFAR10(root, train=False, transform=eval_tf, download=False)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
         raise B3Error(f"no CIFAR-10 in torchvision's layout under {str(root)!r}: {exc}") from None
+    # B3's 45,000/5,000 as fractions: exact on CIFAR-10, and a smaller copy splits alike
+    fractions = [B3_TRAIN / (B3_TRAIN + B3_VAL), B3_VAL / (B3_TRAIN + B3_VAL)]
     generator = torch.Generator().manual_seed(seed)
-    train_idx, val_idx = random_split(
-        range(len(train_full)), [B3_TRAIN, B3_VAL], generator=generator
-    )
+    train_idx, val_idx = random_split(range(len(train_full)), fractions, generator=generator)
     train_indices = list(train_idx)[:train_size] if train_size else list(train_idx)
     return Splits(Subset(train_full, train_indices), Subset(val_full, list(val_idx)), test)
 
