@@ -80,7 +80,10 @@ def asv_continuous(session: nox.Session) -> None:
     """Base vs head; fails when something got slower. `nox -s asv_continuous -- BASE HEAD`."""
     install(session)
     machine = asv_machine(session)
-    base, head = (session.posargs + ["HEAD~1", "HEAD"][len(session.posargs) :])[:2]
+    if len(session.posargs) > 2:
+        session.error("usage: nox -s asv_continuous -- [BASE [HEAD]]")
+    defaults = ["HEAD~1", "HEAD"]  # a missing BASE or HEAD takes its default
+    base, head = [*session.posargs, *defaults[len(session.posargs) :]]
     session.run(
         "asv", "continuous", "--factor", "1.15", "--machine", machine, "--show-stderr", base, head
     )

@@ -3,10 +3,10 @@ quick), the very grid that the pytest suite runs. Narrow it with B3_MODELS, B3_B
 B3_PRECISIONS and B3_DEVICE, as for pytest."""
 
 from b3core.cases import CaseOptions, case_grid, unsupported_reason
-from b3core.devices import synchronize
 from b3core.errors import StepOutOfMemory
 from b3core.measure import MIN_WARMUP, build_step, measure, prepare_device
 from b3core.memory import is_out_of_memory
+from b3core.timing import synchronized
 
 GRID = case_grid(CaseOptions.from_env())
 PARAMS = [list(GRID.models), list(GRID.batch_sizes), list(GRID.precisions)]
@@ -33,30 +33,26 @@ class _Step:
         spec = _runnable(GRID.case(model, batch_size, precision, self.mode))
         self.device = prepare_device(spec)
         try:
-            self.step = build_step(spec, self.device)
+            # each timed sample ends when the device's work does
+            self.step = synchronized(build_step(spec, self.device), self.device)
             for _ in range(MIN_WARMUP):
                 self.step()
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise  # a real failure: asv reports it
             raise NotImplementedError(f"{spec.label} does not fit: {exc}") from None
-        synchronize(self.device)
-
-    def _timed_step(self):
-        self.step()
-        synchronize(self.device)  # the sample ends when the device's work does
 
 
 class TrainStep(_Step):
     def time_train_step(self, model, batch_size, precision):
-        self._timed_step()
+        self.step()
 
 
 class Inference(_Step):
     mode = "inference"
 
     def time_inference(self, model, batch_size, precision):
-        self._timed_step()
+        self.step()
 
 
 class TrainThroughput:

@@ -11,11 +11,10 @@ import os
 from dataclasses import dataclass, field
 
 from .devices import PRECISIONS, mixed_precision_for, resolve_device, supported_precisions
-from .errors import B3Error
-from .measure import MIN_WARMUP, MODES, StepSpec
+from .measure import MIN_WARMUP, MODES, StepSpec, require_warmup
 from .models import get_model_spec, list_models
 from .sizes import around_powers_of_two, parse_batch_sizes
-from .validate import parse_positive_int
+from .validate import parse_positive_int, require_choice
 
 PROFILES = ("quick", "b3", "full")
 ENV_PREFIX = "B3_"
@@ -31,7 +30,7 @@ class Profile:
     modes: tuple[str, ...] = MODES
     image_sizes: dict[str, int] = field(default_factory=dict)
     rounds: int = 10
-    warmup: int = 2
+    warmup: int = MIN_WARMUP
     description: str = ""
 
 
@@ -42,6 +41,7 @@ def _fast_precisions(device_type: str) -> tuple[str, ...]:
 
 def get_profile(name: str, device: str = "auto") -> Profile:
     """The named profile, fitted to the device (the quick profile is small on CPU)."""
+    require_choice("profile", name, PROFILES)
     dev = resolve_device(device)
     if name == "quick":
         return Profile(
@@ -61,17 +61,15 @@ def get_profile(name: str, device: str = "auto") -> Profile:
             precisions=(mixed_precision_for(dev),),
             description="B3's experiment: MobileNetV3-large at 224x224, fp16 AMP on CUDA",
         )
-    if name == "full":
-        dense = sorted(set(range(8, 513, 8)) | set(around_powers_of_two(1, 513)))
-        return Profile(
-            name="full",
-            models=tuple(list_models()),
-            batch_sizes=tuple(dense),
-            precisions=PRECISIONS,
-            accumulation_steps=(1, 2, 4),
-            description="every model, every precision, accumulation 1/2/4, dense batch sizes",
-        )
-    raise B3Error(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    dense = sorted(set(range(8, 513, 8)) | set(around_powers_of_two(1, 513)))
+    return Profile(
+        name="full",
+        models=tuple(list_models()),
+        batch_sizes=tuple(dense),
+        precisions=PRECISIONS,
+        accumulation_steps=(1, 2, 4),
+        description="every model, every precision, accumulation 1/2/4, dense batch sizes",
+    )
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -160,8 +158,7 @@ def case_grid(options: CaseOptions) -> CaseGrid:
     sizes = parse_batch_sizes(options.batch_sizes) if options.batch_sizes else profile.batch_sizes
     precisions = _split(options.precisions) or list(profile.precisions)
     for precision in precisions:
-        if precision not in PRECISIONS:
-            raise B3Error(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        require_choice("precision", precision, PRECISIONS)
     accumulation = [
         parse_positive_int("accumulation steps", a)
         for a in _split(options.accumulation_steps) or profile.accumulation_steps
@@ -191,6 +188,4 @@ def profile_settings(options: CaseOptions) -> tuple[int, int]:
     profile = get_profile(options.profile, options.device)
     rounds = options.rounds if options.rounds is not None else profile.rounds
     warmup = options.warmup if options.warmup is not None else profile.warmup
-    if warmup < MIN_WARMUP:
-        raise B3Error(f"warm-up must be at least {MIN_WARMUP} rounds, got {warmup}")
-    return rounds, warmup
+    return rounds, require_warmup(warmup)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .errors import B3Error
+from .validate import require_choice
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
@@ -20,8 +21,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "gpu":  # B3's Lightning spelling
         name = "cuda"
     kind = name.split(":")[0]
-    if kind not in DEVICE_CHOICES:
-        raise B3Error(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    require_choice("device", kind, DEVICE_CHOICES)
     if kind == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -63,8 +63,7 @@ def supported_precisions(device: torch.device) -> tuple[str, ...]:
 
 def check_precision(precision: str, device: torch.device) -> str:
     """Return the precision if the device can run it, else raise a one-line error."""
-    if precision not in PRECISIONS:
-        raise B3Error(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    require_choice("precision", precision, PRECISIONS)
     supported = supported_precisions(device)
     if precision not in supported:
         raise B3Error(

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import Splits, cifar10_splits, make_loader, synthetic_splits
+from .data import B3_TRAIN, Splits, cifar10_splits, make_loader, synthetic_splits
 from .devices import check_precision, resolve_device, synchronize
 from .errors import B3Error
-from .measure import MIN_WARMUP, StepResult, StepSpec, measure, trainer_for
+from .measure import MIN_WARMUP, StepResult, StepSpec, measure, require_warmup, trainer_for
 from .models import get_model_spec
 from .stats import Summary, summarize
 from .training import windows
-from .validate import require_positive_int
+from .validate import require_choice, require_positive_int
 
 DATASETS = ("synthetic", "cifar10")
 
@@ -42,24 +42,21 @@ class RunConfig:
     warmup: int = MIN_WARMUP
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "num_epochs", "accumulation_steps"):
-            require_positive_int(name.replace("_", " "), getattr(self, name))
+        self.step_spec(self.device)  # the step's own fields: model, batch, precision, ...
+        require_positive_int("num epochs", self.num_epochs)
+        require_warmup(self.warmup)
         if self.train_size is not None:
             require_positive_int("train size", self.train_size)
         if self.num_workers < 0:
             raise B3Error(f"num workers must be 0 or more, got {self.num_workers}")
-        if self.dataset not in DATASETS:
-            raise B3Error(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        require_choice("dataset", self.dataset, DATASETS)
         if self.dataset == "cifar10" and not self.data_dir:
             raise B3Error("--dataset cifar10 needs --data-dir PATH (b3 never downloads data)")
-        spec = get_model_spec(self.model)
-        if self.image_size is not None:
-            spec.check_image_size(self.image_size)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def step_spec(self, device: torch.device) -> StepSpec:
+    def step_spec(self, device: torch.device | str) -> StepSpec:
         """The training step this run repeats, as the step benchmarks describe it."""
         return StepSpec(
             model=self.model,
@@ -102,9 +99,8 @@ class RunResult:
 def load_splits(cfg: RunConfig, image_size: int, num_classes: int) -> Splits:
     if cfg.dataset == "cifar10":
         return cifar10_splits(cfg.data_dir, image_size, cfg.train_size, seed=cfg.seed)
-    if cfg.train_size is None:
-        return synthetic_splits(image_size=image_size, num_classes=num_classes, seed=cfg.seed)
-    return synthetic_splits(cfg.train_size, image_size, num_classes, seed=cfg.seed)
+    train_size = cfg.train_size or B3_TRAIN
+    return synthetic_splits(train_size, image_size, num_classes, seed=cfg.seed)
 
 
 def run_once(cfg: RunConfig, splits: Splits, device: torch.device, seed: int) -> RunResult:
@@ -221,14 +217,7 @@ class ExperimentResult:
         return {
             "config": self.config.to_dict(),
             "device_name": self.device_name,
-            "runs": [
-                {
-                    "train": dataclasses.asdict(r.train),
-                    "inference": dataclasses.asdict(r.inference),
-                    "final_loss": r.final_loss,
-                }
-                for r in self.runs
-            ],
+            "runs": [dataclasses.asdict(r) for r in self.runs],
             "summary": self.summary(),
             "step": self.step.to_dict() if self.step else None,
         }

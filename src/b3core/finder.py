@@ -58,6 +58,25 @@ class FindMaxResult:
         }
 
 
+def training_peak_bytes(
+    spec: StepSpec,
+    batch: int,
+    *,
+    isolate: bool,
+    memory_budget: int | None,
+    steps: int = MIN_WARMUP,
+) -> int:
+    """Peak memory of `steps` full training steps at `batch`; StepOutOfMemory if they do not fit."""
+    measured = measure_maybe_isolated(
+        spec.replace(batch_size=batch, mode="train"),
+        isolate=isolate,
+        repeats=1,
+        warmup=steps,
+        memory_budget=memory_budget,
+    )
+    return measured.memory.peak_bytes
+
+
 def find_max_batch(
     spec: StepSpec,
     *,
@@ -81,14 +100,10 @@ def find_max_batch(
             return known[batch]
         began = time.perf_counter()
         try:
-            measured = measure_maybe_isolated(
-                result.spec.replace(batch_size=batch),
-                isolate=isolate,
-                repeats=1,
-                warmup=steps,
-                memory_budget=memory_budget,
+            peak = training_peak_bytes(
+                result.spec, batch, isolate=isolate, memory_budget=memory_budget, steps=steps
             )
-            probe = Probe(batch, True, measured.memory.peak_bytes, "", time.perf_counter() - began)
+            probe = Probe(batch, True, peak, "", time.perf_counter() - began)
         except StepOutOfMemory as oom:
             probe = Probe(batch, False, None, oom.reason, time.perf_counter() - began)
         result.probes.append(probe)
@@ -137,31 +152,18 @@ def fit_memory_model(
 ) -> MemoryFit | None:
     """Peak memory of full training steps at a few sizes, and the line through them. Sizes that
     do not fit are left out; None when fewer than two fit."""
-    sizes, peaks = [], []
+
+    def peak_or_none(size: int) -> int | None:
+        try:
+            return training_peak_bytes(spec, size, isolate=isolate, memory_budget=memory_budget)
+        except StepOutOfMemory:
+            return None
+
     if not isolate:
         # The first configuration in a process also pays one-time costs (kernel caches, thread
         # pools) that no later batch size pays again: spend them on a discarded run.
-        try:
-            measure_maybe_isolated(
-                spec.replace(batch_size=min(batch_sizes), mode="train"),
-                isolate=False,
-                repeats=1,
-                warmup=MIN_WARMUP,
-                memory_budget=memory_budget,
-            )
-        except StepOutOfMemory:
-            pass
-    for size in batch_sizes:
-        try:
-            measured = measure_maybe_isolated(
-                spec.replace(batch_size=size, mode="train"),
-                isolate=isolate,
-                repeats=1,
-                warmup=MIN_WARMUP,
-                memory_budget=memory_budget,
-            )
-        except StepOutOfMemory:
-            continue
-        sizes.append(size)
-        peaks.append(measured.memory.peak_bytes)
-    return fit_memory(sizes, peaks) if len(set(sizes)) >= 2 else None
+        peak_or_none(min(batch_sizes))
+    fitted = [(size, peak) for size in batch_sizes if (peak := peak_or_none(size)) is not None]
+    if len({size for size, _ in fitted}) < 2:
+        return None
+    return fit_memory([size for size, _ in fitted], [peak for _, peak in fitted])

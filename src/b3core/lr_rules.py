@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from .errors import B3Error
+from .validate import require_choice
 
 RULES = ("linear", "sqrt")
 GOYAL_WARMUP_EPOCHS = 5
@@ -19,11 +20,9 @@ def scale_lr(base_lr: float, base_batch: int, batch: int, rule: str = "linear") 
     if base_lr <= 0 or base_batch < 1 or batch < 1:
         raise B3Error("learning-rate scaling needs a positive base lr and positive batch sizes")
     ratio = batch / base_batch
-    if rule == "linear":
-        return base_lr * ratio
-    if rule == "sqrt":
+    if require_choice("learning-rate rule", rule, RULES) == "sqrt":
         return base_lr * math.sqrt(ratio)
-    raise B3Error(f"unknown learning-rate rule {rule!r}; choose one of {', '.join(RULES)}")
+    return base_lr * ratio
 
 
 def warmup_steps(

@@ -17,11 +17,18 @@ from .models import get_model_spec
 from .stats import Measurement
 from .timing import time_repeats
 from .training import OPTIMIZERS, Trainer, prepare_training
-from .validate import require_positive_int
+from .validate import require_choice, require_positive_int
 
 T = TypeVar("T")
 MODES = ("train", "inference")
 MIN_WARMUP = 2  # cuDNN autotuning, allocator growth and Adam's lazily created state
+
+
+def require_warmup(warmup: int) -> int:
+    """Enough untimed steps that every timed one is a steady-state step."""
+    if warmup < MIN_WARMUP:
+        raise B3Error(f"warm-up must be at least {MIN_WARMUP} steps, got {warmup}")
+    return warmup
 
 
 @dataclass(frozen=True)
@@ -46,16 +53,9 @@ class StepSpec:
     def __post_init__(self) -> None:
         require_positive_int("batch size", self.batch_size)
         require_positive_int("accumulation steps", self.accumulation_steps)
-        if self.mode not in MODES:
-            raise B3Error(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.precision not in PRECISIONS:
-            raise B3Error(
-                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
-            )
-        if self.optimizer not in OPTIMIZERS:
-            raise B3Error(
-                f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
-            )
+        require_choice("mode", self.mode, MODES)
+        require_choice("precision", self.precision, PRECISIONS)
+        require_choice("optimizer", self.optimizer, OPTIMIZERS)
         spec = get_model_spec(self.model)
         if self.image_size is not None:
             spec.check_image_size(self.image_size)
@@ -222,8 +222,7 @@ def measure(
     from .machine import device_name
 
     require_positive_int("repeats", repeats)
-    if warmup < MIN_WARMUP:
-        raise B3Error(f"warm-up must be at least {MIN_WARMUP} steps, got {warmup}")
+    require_warmup(warmup)
 
     def timed(step, device):
         return (*time_repeats(step, device, repeats=repeats, warmup=warmup), device_name(device))

@@ -135,6 +135,7 @@ def b3_bench(benchmark, b3_settings, request: pytest.FixtureRequest):
     from .machine import device_name
     from .measure import StepResult, run_guarded
     from .stats import Measurement
+    from .timing import synchronized
 
     rounds, warmup = b3_settings
 
@@ -144,12 +145,8 @@ def b3_bench(benchmark, b3_settings, request: pytest.FixtureRequest):
             pytest.skip(reason)
 
         def timed(step, device):
-            def target():
-                step()
-                synchronize(device)  # the round ends when the device's work does
-
             benchmark.pedantic(
-                target,
+                synchronized(step, device),
                 setup=lambda: synchronize(device),
                 rounds=rounds,
                 warmup_rounds=warmup,

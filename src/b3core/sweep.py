@@ -17,8 +17,7 @@ from pathlib import Path
 
 from .errors import B3Error, StepOutOfMemory
 from .isolated import measure_maybe_isolated
-from .measure import MIN_WARMUP, StepResult, StepSpec
-from .memory import PeakMemory
+from .measure import MIN_WARMUP, StepResult, StepSpec, require_warmup
 from .memory_model import MemoryFit, fit_memory
 from .stats import Measurement
 
@@ -59,8 +58,7 @@ class SweepPlan:
                 f"need passes >= 1 and repeats >= passes, got {self.repeats} repeats "
                 f"in {self.passes} passes"
             )
-        if self.warmup < MIN_WARMUP:
-            raise B3Error(f"warm-up must be at least {MIN_WARMUP} steps, got {self.warmup}")
+        require_warmup(self.warmup)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -232,7 +230,7 @@ def aggregate(records: Iterable[dict]) -> SweepResult:
             StepResult(
                 first.spec,
                 Measurement(times, first.measurement.samples_per_step),
-                PeakMemory(peak.peak_bytes, peak.reserved_bytes, peak.source),
+                peak,
                 first.first_call_s,
                 first.device_name,
             )

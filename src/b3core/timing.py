@@ -31,6 +31,17 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - began
 
 
+def synchronized(fn: Callable[[], object], device: torch.device) -> Callable[[], None]:
+    """fn, then a device sync: for outside timers (pytest-benchmark, asv) that read a host clock,
+    so that each timed call ends when the device's work does."""
+
+    def call() -> None:
+        fn()
+        synchronize(device)
+
+    return call
+
+
 def time_repeats(
     fn: Callable[[], object], device: torch.device, *, repeats: int, warmup: int
 ) -> tuple[list[float], list[float]]:

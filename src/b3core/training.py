@@ -15,9 +15,9 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from .errors import B3Error
 from .models import create_model
 from .precision import autocast_factory, configure_math_mode, make_grad_scaler
+from .validate import require_choice
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 T = TypeVar("T")
@@ -25,11 +25,9 @@ OPTIMIZERS = ("adam", "sgd")
 
 
 def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "sgd":
+    if require_choice("optimizer", name, OPTIMIZERS) == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    raise B3Error(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return torch.optim.Adam(params, lr=lr)
 
 
 def windows(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -22,3 +22,10 @@ def parse_positive_int(name: str, text: object, minimum: int = 1) -> int:
         kind = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
         raise B3Error(f"{name} must be {kind}, got {text!r}")
     return value
+
+
+def require_choice(kind: str, value: str, choices: tuple[str, ...]) -> str:
+    """One of `choices`, or a one-line B3Error that lists them."""
+    if value not in choices:
+        raise B3Error(f"unknown {kind} {value!r}; choose one of {', '.join(choices)}")
+    return value
