@@ -2,11 +2,11 @@
 quick), the very grid that the pytest suite runs. Narrow it with B3_MODELS, B3_BATCH_SIZES,
 B3_PRECISIONS and B3_DEVICE, as for pytest."""
 
-from b3core.cases import CaseOptions, case_grid, unsupported_reason
 from b3core.errors import StepOutOfMemory
-from b3core.measure import MIN_WARMUP, build_step, measure, prepare_device
-from b3core.memory import is_out_of_memory
-from b3core.timing import synchronized
+from b3core.measuring.clocks import synchronized
+from b3core.measuring.memory import is_out_of_memory
+from b3core.measuring.runner import MIN_WARMUP, build_step, measure, prepare_device
+from b3core.suites.cases import CaseOptions, case_grid, unsupported_reason
 
 GRID = case_grid(CaseOptions.from_env())
 PARAMS = [list(GRID.models), list(GRID.batch_sizes), list(GRID.precisions)]

@@ -8,12 +8,14 @@ import statistics
 import torch
 from torch import nn
 
-from b3core import timing  # a module import: asv would take a bare time_call for a benchmark
-from b3core.data import synthetic_batch
-from b3core.devices import resolve_device
-from b3core.measure import StepSpec, build_step
-from b3core.models import create_model, get_model_spec
-from b3core.stats import paired_ratio
+from b3core.measuring import (
+    clocks as timing,  # a module import: asv would take a bare time_call for a benchmark
+)
+from b3core.measuring.runner import StepSpec, build_step
+from b3core.measuring.stats import paired_ratio
+from b3core.workloads.data import synthetic_batch
+from b3core.workloads.devices import resolve_device
+from b3core.workloads.models import create_model, get_model_spec
 
 ROUNDS = 100
 

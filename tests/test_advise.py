@@ -2,13 +2,13 @@ import json
 
 import pytest
 
-from b3core.advise import LrRequest, advise
 from b3core.cli import main
-from b3core.measure import StepResult, StepSpec
-from b3core.memory import PeakMemory
-from b3core.memory_model import fit_memory
-from b3core.stats import Measurement
-from b3core.sweep import SweepResult
+from b3core.measuring.memory import PeakMemory
+from b3core.measuring.runner import StepResult, StepSpec
+from b3core.measuring.stats import Measurement
+from b3core.studies.advise import LrRequest, advise
+from b3core.studies.memory_model import fit_memory
+from b3core.studies.sweep import SweepResult
 
 
 def sweep_with(rates: dict[int, float], model: str = "simple_cnn") -> SweepResult:

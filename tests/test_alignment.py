@@ -1,6 +1,6 @@
 import numpy as np
 
-from b3core.alignment import compare_neighbours, comparison_frame, verdict
+from b3core.studies.alignment import compare_neighbours, comparison_frame, verdict
 
 
 def rates_with(step_at_128: float, seed: int = 0):

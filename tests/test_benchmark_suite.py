@@ -71,7 +71,7 @@ def test_autosave_storage_is_named_by_machine_slug_and_env_settings_apply(tmp_pa
         },
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    from b3core.machine import machine_record
+    from b3core.measuring.machine import machine_record
 
     saved = list((tmp_path / ".benchmarks" / machine_record()["slug"]).rglob("*.json"))
     assert len(saved) == 1
@@ -110,7 +110,7 @@ SLOWDOWN_PLUGIN = textwrap.dedent(
     """
     import time
 
-    from b3core.training import Trainer
+    from b3core.workloads.training import Trainer
 
     original = Trainer.step
 

@@ -4,10 +4,16 @@ import itertools
 
 import pytest
 
-from b3core.cases import CaseOptions, benchmark_cases, case_grid, get_profile, unsupported_reason
 from b3core.errors import B3Error
-from b3core.measure import StepSpec
-from b3core.models import list_models
+from b3core.measuring.runner import StepSpec
+from b3core.suites.cases import (
+    CaseOptions,
+    benchmark_cases,
+    case_grid,
+    get_profile,
+    unsupported_reason,
+)
+from b3core.workloads.models import list_models
 
 
 def test_b3_profile_is_b3s_experiment():

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from b3core.data import cifar10_splits, make_loader, synthetic_batch, synthetic_splits
 from b3core.errors import B3Error
+from b3core.workloads.data import cifar10_splits, make_loader, synthetic_batch, synthetic_splits
 
 
 def test_default_synthetic_splits_have_b3s_shapes_and_sizes():

@@ -1,7 +1,7 @@
 import pytest
 
 from b3core.errors import B3Error
-from b3core.experiment import RunConfig, run_experiment
+from b3core.studies.experiment import RunConfig, run_experiment
 
 
 def test_run_counts_the_samples_each_phase_processed():

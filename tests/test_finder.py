@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-import b3core.finder as finder
+import b3core.studies.finder as finder
 from b3core.errors import B3Error, StepOutOfMemory
-from b3core.finder import find_max_batch
-from b3core.measure import StepSpec, measure
-from b3core.memory import PeakMemory
+from b3core.measuring.memory import PeakMemory
+from b3core.measuring.runner import StepSpec, measure
+from b3core.studies.finder import find_max_batch
 
 SPEC = StepSpec("simple_cnn", 1, device="cpu")
 
@@ -76,7 +76,7 @@ def test_real_search_on_cpu_under_a_budget():
 
 
 def test_isolated_probe_runs_in_a_fresh_process():
-    from b3core.isolated import measure_isolated
+    from b3core.measuring.isolation import measure_isolated
 
     result = measure_isolated(SPEC.replace(batch_size=4), repeats=2, warmup=2)
     assert result.measurement.time.n == 2

@@ -14,8 +14,8 @@ import statistics
 import torch
 from torch.utils import benchmark as tub
 
-from b3core.measure import StepSpec, build_step
-from b3core.timing import time_repeats
+from b3core.measuring.clocks import time_repeats
+from b3core.measuring.runner import StepSpec, build_step
 
 TOLERANCE = 0.4
 

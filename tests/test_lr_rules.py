@@ -3,7 +3,7 @@ import math
 import pytest
 
 from b3core.errors import B3Error
-from b3core.lr_rules import accumulation_for, scale_lr, warmup_lr, warmup_steps
+from b3core.studies.lr_rules import accumulation_for, scale_lr, warmup_lr, warmup_steps
 
 
 def test_linear_rule_scales_with_the_batch():

@@ -1,7 +1,7 @@
 import pytest
 
 from b3core.errors import B3Error
-from b3core.measure import StepSpec, measure
+from b3core.measuring.runner import StepSpec, measure
 
 
 def test_spec_validates_its_input():

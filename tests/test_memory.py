@@ -2,14 +2,14 @@ import pytest
 import torch
 
 from b3core.errors import B3Error, MemoryBudgetExceeded, StepOutOfMemory
-from b3core.measure import StepSpec, measure
-from b3core.memory import (
+from b3core.measuring.memory import (
     MemoryBudget,
     PeakMemory,
     PeakMemoryTracker,
     is_out_of_memory,
     parse_memory_size,
 )
+from b3core.measuring.runner import StepSpec, measure
 
 
 @pytest.mark.parametrize(

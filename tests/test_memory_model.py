@@ -1,7 +1,7 @@
 import pytest
 
-from b3core.measure import StepSpec
-from b3core.memory_model import analytic_fixed_memory, fit_memory, prediction_error
+from b3core.measuring.runner import StepSpec
+from b3core.studies.memory_model import analytic_fixed_memory, fit_memory, prediction_error
 
 
 def test_fit_recovers_an_exact_line_and_predicts_the_max():
@@ -35,7 +35,7 @@ def test_prediction_error_is_relative_and_signed():
 def test_measured_fit_on_cpu_is_linear_and_near_the_analytic_size():
     """Real measurement: peaks of mobilenet_v3_small training steps grow linearly with the batch,
     and the intercept is in the range of weights + gradients + Adam state."""
-    from b3core.finder import fit_memory_model
+    from b3core.studies.finder import fit_memory_model
 
     spec = StepSpec("mobilenet_v3_small", 8, image_size=64, device="cpu")
     fit = fit_memory_model(spec, [8, 16, 32, 64], memory_budget=None)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from b3core.errors import B3Error
-from b3core.models import (
+from b3core.workloads.models import (
     count_parameters,
     create_model,
     get_model_spec,

@@ -4,11 +4,11 @@ import pytest
 
 from b3core.cli import main
 from b3core.errors import B3Error
-from b3core.measure import StepResult, StepSpec
-from b3core.memory import PeakMemory
-from b3core.pytest_plugin import extra_info
-from b3core.results import load_benchmark_json
-from b3core.stats import Measurement
+from b3core.measuring.memory import PeakMemory
+from b3core.measuring.runner import StepResult, StepSpec
+from b3core.measuring.stats import Measurement
+from b3core.reports.results import load_benchmark_json
+from b3core.suites.pytest_plugin import extra_info
 
 
 def fake_results_file(path, slug, scale=1.0):
@@ -53,7 +53,7 @@ def test_report_writes_tables_and_plot_and_compares(tmp_path, capsys):
 def test_comparison_gives_each_source_its_ratio_to_the_first(tmp_path):
     import pandas as pd
 
-    from b3core.report import comparison_frame, results_frame
+    from b3core.reports.tables import comparison_frame, results_frame
 
     sets = [
         load_benchmark_json(fake_results_file(tmp_path / f"{n}.json", n, scale=s))

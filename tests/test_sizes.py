@@ -1,7 +1,7 @@
 import pytest
 
 from b3core.errors import B3Error
-from b3core.sizes import around_powers_of_two, is_power_of_two, parse_batch_sizes
+from b3core.spec.sizes import around_powers_of_two, is_power_of_two, parse_batch_sizes
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from b3core.stats import Measurement, difference_ci, summarize, tukey_outliers
+from b3core.measuring.stats import Measurement, difference_ci, summarize, tukey_outliers
 
 
 def test_summarize_matches_numpy_and_scipy():

@@ -10,8 +10,8 @@ import pytest
 
 from b3core.cli import main
 from b3core.errors import B3Error
-from b3core.measure import StepSpec
-from b3core.sweep import LOG_NAME, SweepLog, SweepPlan, aggregate, read_log, run_sweep
+from b3core.measuring.runner import StepSpec
+from b3core.studies.sweep import LOG_NAME, SweepLog, SweepPlan, aggregate, read_log, run_sweep
 
 BASE = StepSpec("simple_cnn", 1, device="cpu")
 MACHINE = {"slug": "test"}
@@ -62,7 +62,7 @@ def test_sweep_merges_passes_and_records_oom_then_goes_on(tmp_path):
 
 
 def _unit_measurements(out, size):
-    from b3core.measure import StepResult
+    from b3core.measuring.runner import StepResult
 
     _, records = read_log(out / LOG_NAME)
     units = sorted((k, r) for k, r in records.items() if k[:2] == ("train", size) and "result" in r)
@@ -70,7 +70,7 @@ def _unit_measurements(out, size):
 
 
 def test_one_pass_is_too_few_to_test_alignment(tmp_path):
-    from b3core.sweep_report import alignment_verdicts
+    from b3core.reports.sweep_report import alignment_verdicts
 
     p = plan(batch_sizes=(15, 16, 17), repeats=2, passes=1)
     result = run_sweep(p, SweepLog.open(tmp_path, p, resume=False, machine=MACHINE))

@@ -3,8 +3,8 @@ import time
 import pytest
 import torch
 
-import b3core.timing as timing
-from b3core.timing import time_call, time_repeats
+import b3core.measuring.clocks as timing
+from b3core.measuring.clocks import time_call, time_repeats
 
 
 def test_time_call_measures_the_work():

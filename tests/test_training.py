@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
-from b3core.models import create_model
-from b3core.precision import autocast_factory, make_grad_scaler
-from b3core.training import make_optimizer, train_step, windows
+from b3core.workloads.models import create_model
+from b3core.workloads.precision import autocast_factory, make_grad_scaler
+from b3core.workloads.training import make_optimizer, train_step, windows
 
 from .conftest import requires_cuda
 

@@ -7,8 +7,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .. import __version__
-from ..errors import B3Error
+from b3core import __version__
+from b3core.errors import B3Error
+
 from . import advise, info, memory, report, run, step, sweep
 from .options import OneLineParser
 

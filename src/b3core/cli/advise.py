@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import B3Error
+from b3core.errors import B3Error
+
 from .options import (
     memory_size,
     positive_int,
@@ -37,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_advise(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ..advise import LrRequest, advise
-    from ..sweep import aggregate, read_log
+    from b3core.studies.advise import LrRequest, advise
+    from b3core.studies.sweep import aggregate, read_log
 
     header, records = read_log(Path(args.sweep) / "sweep.jsonl")
     sweep = aggregate(records.values())

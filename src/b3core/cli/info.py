@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import B3Error
+from b3core.errors import B3Error
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ..models import count_parameters, create_model, get_model_spec, list_models
+    from b3core.workloads.models import count_parameters, create_model, get_model_spec, list_models
 
     names = list_models(args.pattern)
     if not names:
@@ -45,13 +45,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_machine(args: argparse.Namespace) -> int:
-    from ..machine import machine_record
+    from b3core.measuring.machine import machine_record
 
     record = machine_record()
     if args.json:
         print(json.dumps(record, indent=2))
     elif args.asv:
-        from ..asv_support import register_asv_machine
+        from b3core.suites.asv_support import register_asv_machine
 
         register_asv_machine(record, config=args.asv_config)
         print(record["slug"])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..devices import resolve_device
-from ..errors import B3Error
+from b3core.errors import B3Error
+from b3core.workloads.devices import resolve_device
+
 from .options import (
     add_model_options,
     batch_size_list,
@@ -49,15 +50,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def default_cpu_budget() -> int:
     """A quarter of the memory available now: doubling from there stays clear of the OOM killer."""
-    from ..memory import available_host_memory
+    from b3core.measuring.memory import available_host_memory
 
     return available_host_memory() // 4
 
 
 def cmd_find_max_batch(args: argparse.Namespace) -> int:
-    from ..finder import find_max_batch, fit_memory_model
-    from ..machine import machine_record
-    from ..memory_model import analytic_fixed_memory, prediction_error
+    from b3core.measuring.machine import machine_record
+    from b3core.studies.finder import find_max_batch, fit_memory_model
+    from b3core.studies.memory_model import analytic_fixed_memory, prediction_error
 
     spec = spec_from_args(args, args.start)
     device = resolve_device(spec.device)
@@ -122,8 +123,8 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    from ..finder import fit_memory_model
-    from ..memory_model import analytic_fixed_memory
+    from b3core.studies.finder import fit_memory_model
+    from b3core.studies.memory_model import analytic_fixed_memory
 
     spec = spec_from_args(args, args.batch_sizes[0])
     fit = fit_memory_model(spec, args.batch_sizes, memory_budget=None, isolate=args.isolate)
@@ -146,7 +147,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
             f"{fit.max_batch_for(args.memory_budget)}"
         )
     if args.json:
-        from ..machine import machine_record
+        from b3core.measuring.machine import machine_record
 
         payload = {
             "fit": fit.to_dict(),

@@ -9,9 +9,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ..devices import DEVICE_CHOICES, PRECISIONS, resolve_device
-from ..errors import B3Error
-from ..validate import parse_positive_int
+from b3core.errors import B3Error
+from b3core.spec.validate import parse_positive_int
+from b3core.workloads.devices import DEVICE_CHOICES, PRECISIONS, resolve_device
 
 
 def argument_type(parse: Callable[[str], object], name: str) -> Callable[[str], object]:
@@ -99,13 +99,13 @@ def add_timing_options(p: argparse.ArgumentParser, repeats_help: str = "timed st
 
 
 def _memory_size(text: str) -> int:
-    from ..memory import parse_memory_size
+    from b3core.measuring.memory import parse_memory_size
 
     return parse_memory_size(text)
 
 
 def _batch_sizes(text: str) -> list[int]:
-    from ..sizes import parse_batch_sizes
+    from b3core.spec.sizes import parse_batch_sizes
 
     return parse_batch_sizes(text)
 
@@ -117,7 +117,7 @@ batch_size_list = argument_type(_batch_sizes, "batch sizes")
 
 
 def spec_from_args(args: argparse.Namespace, batch_size: int, inference: bool = False):
-    from ..measure import StepSpec
+    from b3core.measuring.runner import StepSpec
 
     return StepSpec(
         model=args.model,

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..devices import PRECISIONS, mixed_precision_for, resolve_device
-from ..errors import B3Error
+from b3core.errors import B3Error
+from b3core.workloads.devices import PRECISIONS, mixed_precision_for, resolve_device
+
 from .options import (
     add_cudnn_option,
     boolean,
@@ -51,9 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..experiment import RunConfig, run_experiment
-    from ..machine import machine_record
-    from ..report import experiment_rows, to_text
+    from b3core.measuring.machine import machine_record
+    from b3core.reports.tables import experiment_rows, to_text
+    from b3core.studies.experiment import RunConfig, run_experiment
 
     if args.num_devices > 1 or args.strategy not in (None, "auto", "none"):
         raise B3Error("multi-device (DDP) runs are not supported yet; use one device")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import B3Error, StepOutOfMemory
+from b3core.errors import B3Error, StepOutOfMemory
+
 from .options import (
     add_model_options,
     add_timing_options,
@@ -25,9 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_step(args: argparse.Namespace) -> int:
-    from ..machine import machine_record
-    from ..measure import measure
-    from ..report import describe_step_result
+    from b3core.measuring.machine import machine_record
+    from b3core.measuring.runner import measure
+    from b3core.reports.tables import describe_step_result
 
     spec = spec_from_args(args, args.batch_size, inference=args.inference)
     try:

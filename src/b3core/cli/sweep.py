@@ -45,10 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..machine import machine_record
-    from ..measure import prepare_device
-    from ..sweep import SweepLog, SweepPlan, aggregate, run_sweep
-    from ..sweep_report import render_sweep_summary, write_sweep_report
+    from b3core.measuring.machine import machine_record
+    from b3core.measuring.runner import prepare_device
+    from b3core.reports.sweep_report import render_sweep_summary, write_sweep_report
+    from b3core.studies.sweep import SweepLog, SweepPlan, aggregate, run_sweep
 
     plan = SweepPlan(
         base=spec_from_args(args, args.batch_sizes[0]),

@@ -4,7 +4,7 @@ import time
 
 import torch
 
-from b3core.measure import MIN_WARMUP, StepSpec, build_step
+from b3core.measuring.runner import MIN_WARMUP, StepSpec, build_step
 
 SLOWDOWN_S = 0.0
 

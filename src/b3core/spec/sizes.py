@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import B3Error
+from b3core.errors import B3Error
 
 _RANGE = re.compile(r"^(\d+)-(\d+)(?::(\d+))?$")
 

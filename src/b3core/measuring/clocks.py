@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from .devices import synchronize
+from b3core.workloads.devices import synchronize
 
 
 def time_call(fn: Callable[[], object], device: torch.device) -> float:

@@ -7,9 +7,9 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from .experiment import ExperimentResult
-from .measure import StepResult
-from .stats import Measurement, Summary
+from b3core.measuring.runner import StepResult
+from b3core.measuring.stats import Measurement, Summary
+from b3core.studies.experiment import ExperimentResult
 
 MiB = 2**20
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import B3Error
-from .validate import require_choice
+from b3core.errors import B3Error
+from b3core.spec.validate import require_choice
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .lr_rules import accumulation_for, scale_lr, warmup_steps
-from .memory_model import MemoryFit
-from .models import create_model, has_batch_dependent_layers
-from .sweep import SweepResult
+from b3core.studies.lr_rules import accumulation_for, scale_lr, warmup_steps
+from b3core.studies.memory_model import MemoryFit
+from b3core.studies.sweep import SweepResult
+from b3core.workloads.models import create_model, has_batch_dependent_layers
 
 NEAR_BEST = 0.95
 

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import B3Error, StepOutOfMemory
-from .isolated import measure_maybe_isolated
-from .measure import MIN_WARMUP, StepResult, StepSpec, require_warmup
-from .memory_model import MemoryFit, fit_memory
-from .stats import Measurement
+from b3core.errors import B3Error, StepOutOfMemory
+from b3core.measuring.isolation import measure_maybe_isolated
+from b3core.measuring.runner import MIN_WARMUP, StepResult, StepSpec, require_warmup
+from b3core.measuring.stats import Measurement
+from b3core.studies.memory_model import MemoryFit, fit_memory
 
 LOG_NAME = "sweep.jsonl"
 LOG_FORMAT = 1

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import pandas as pd
 from scipy import stats as sps
 
-from .sizes import is_power_of_two
-from .stats import difference_ci
+from b3core.measuring.stats import difference_ci
+from b3core.spec.sizes import is_power_of_two
 
 ALPHA = 0.05
 

@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import B3Error, StepOutOfMemory
-from .isolated import measure_maybe_isolated
-from .measure import MIN_WARMUP, StepSpec
-from .memory_model import MemoryFit, fit_memory
+from b3core.errors import B3Error, StepOutOfMemory
+from b3core.measuring.isolation import measure_maybe_isolated
+from b3core.measuring.runner import MIN_WARMUP, StepSpec
+from b3core.studies.memory_model import MemoryFit, fit_memory
 
 DEFAULT_SAFETY_MARGIN = 0.10
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import B3Error, MemoryBudgetExceeded
+from b3core.errors import B3Error, MemoryBudgetExceeded
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")

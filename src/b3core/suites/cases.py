@@ -10,11 +10,16 @@ import itertools
 import os
 from dataclasses import dataclass, field
 
-from .devices import PRECISIONS, mixed_precision_for, resolve_device, supported_precisions
-from .measure import MIN_WARMUP, MODES, StepSpec, require_warmup
-from .models import get_model_spec, list_models
-from .sizes import around_powers_of_two, parse_batch_sizes
-from .validate import parse_positive_int, require_choice
+from b3core.measuring.runner import MIN_WARMUP, MODES, StepSpec, require_warmup
+from b3core.spec.sizes import around_powers_of_two, parse_batch_sizes
+from b3core.spec.validate import parse_positive_int, require_choice
+from b3core.workloads.devices import (
+    PRECISIONS,
+    mixed_precision_for,
+    resolve_device,
+    supported_precisions,
+)
+from b3core.workloads.models import get_model_spec, list_models
 
 PROFILES = ("quick", "b3", "full")
 ENV_PREFIX = "B3_"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import B3Error
+from b3core.errors import B3Error
 
 
 def require_positive_int(name: str, value: object) -> int:

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .sizes import is_power_of_two  # noqa: E402
+from b3core.spec.sizes import is_power_of_two  # noqa: E402
 
 SERIES_KEYS = ["source", "model", "mode", "precision", "accum"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 
-from .errors import B3Error
-from .validate import require_choice
+from b3core.errors import B3Error
+from b3core.spec.validate import require_choice
 
 RULES = ("linear", "sqrt")
 GOYAL_WARMUP_EPOCHS = 5

@@ -9,14 +9,21 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import B3_TRAIN, Splits, cifar10_splits, make_loader, synthetic_splits
-from .devices import check_precision, resolve_device, synchronize
-from .errors import B3Error
-from .measure import MIN_WARMUP, StepResult, StepSpec, measure, require_warmup, trainer_for
-from .models import get_model_spec
-from .stats import Summary, summarize
-from .training import windows
-from .validate import require_choice, require_positive_int
+from b3core.errors import B3Error
+from b3core.measuring.runner import (
+    MIN_WARMUP,
+    StepResult,
+    StepSpec,
+    measure,
+    require_warmup,
+    trainer_for,
+)
+from b3core.measuring.stats import Summary, summarize
+from b3core.spec.validate import require_choice, require_positive_int
+from b3core.workloads.data import B3_TRAIN, Splits, cifar10_splits, make_loader, synthetic_splits
+from b3core.workloads.devices import check_precision, resolve_device, synchronize
+from b3core.workloads.models import get_model_spec
+from b3core.workloads.training import windows
 
 DATASETS = ("synthetic", "cifar10")
 
@@ -228,7 +235,7 @@ def run_experiment(
 ) -> ExperimentResult:
     """`repeats` independent runs (fresh model and seed each), for mean and SD across runs;
     then, unless step_baseline is off, the training step alone, to split off data loading."""
-    from .machine import device_name
+    from b3core.measuring.machine import device_name
 
     require_positive_int("repeats", repeats)
     device = resolve_device(cfg.device)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .alignment import compare_neighbours, comparison_frame, verdict
-from .memory_model import AnalyticMemory, analytic_fixed_memory
-from .plots import plot_batch_curves
-from .report import display_frame, results_frame, to_text
-from .sweep import SweepResult
+from b3core.reports.plots import plot_batch_curves
+from b3core.reports.tables import display_frame, results_frame, to_text
+from b3core.studies.alignment import compare_neighbours, comparison_frame, verdict
+from b3core.studies.memory_model import AnalyticMemory, analytic_fixed_memory
+from b3core.studies.sweep import SweepResult
 
 
 def sweep_frame(sweep: SweepResult) -> pd.DataFrame:

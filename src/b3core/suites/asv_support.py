@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import B3Error
-from .memory import physical_memory
+from b3core.errors import B3Error
+from b3core.measuring.memory import physical_memory
 
 
 def asv_machine_args(record: dict) -> list[str]:

@@ -34,7 +34,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def case_options(config: pytest.Config):
-    from .cases import CaseOptions
+    from b3core.suites.cases import CaseOptions
 
     given = {}
     for name, _ in _OPTIONS:
@@ -53,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "benchmark_storage", None) == DEFAULT_STORAGE and _benchmarking(
         config
     ):
-        from .machine import machine_record
+        from b3core.measuring.machine import machine_record
 
         config.option.benchmark_storage = f"{DEFAULT_STORAGE}/{machine_record()['slug']}"
 
@@ -66,8 +66,8 @@ def _check_options(config: pytest.Config) -> None:
     given.append(config.getoption("b3_memory_budget"))
     if not any(v is not None for v in given) and not any(k.startswith("B3_") for k in os.environ):
         return
-    from .cases import benchmark_cases, profile_settings
-    from .errors import B3Error
+    from b3core.errors import B3Error
+    from b3core.suites.cases import benchmark_cases, profile_settings
 
     try:
         options = case_options(config)
@@ -90,7 +90,7 @@ def _benchmarking(config: pytest.Config) -> bool:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for fixture, mode in (("b3_train_case", "train"), ("b3_inference_case", "inference")):
         if fixture in metafunc.fixturenames:
-            from .cases import benchmark_cases
+            from b3core.suites.cases import benchmark_cases
 
             cases = benchmark_cases(case_options(metafunc.config), mode=mode)
             metafunc.parametrize(fixture, cases, ids=[c.label for c in cases])
@@ -99,7 +99,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def b3_settings(request: pytest.FixtureRequest) -> tuple[int, int]:
     """(rounds, warmup) for this run."""
-    from .cases import profile_settings
+    from b3core.suites.cases import profile_settings
 
     return profile_settings(case_options(request.config))
 
@@ -113,8 +113,8 @@ def b3_note(request: pytest.FixtureRequest):
 def _memory_budget(config: pytest.Config) -> int | None:
     import os
 
-    from .errors import B3Error
-    from .memory import parse_memory_size
+    from b3core.errors import B3Error
+    from b3core.measuring.memory import parse_memory_size
 
     text = config.getoption("b3_memory_budget") or os.environ.get("B3_MEMORY_BUDGET")
     if not text:
@@ -129,13 +129,13 @@ def _memory_budget(config: pytest.Config) -> int | None:
 def b3_bench(benchmark, b3_settings, request: pytest.FixtureRequest):
     """Time a StepSpec with pytest-benchmark: `b3_bench(spec)`. A case that does not fit is
     skipped with the reason, after its memory was released."""
-    from .cases import unsupported_reason
-    from .devices import synchronize
-    from .errors import StepOutOfMemory
-    from .machine import device_name
-    from .measure import StepResult, run_guarded
-    from .stats import Measurement
-    from .timing import synchronized
+    from b3core.errors import StepOutOfMemory
+    from b3core.measuring.clocks import synchronized
+    from b3core.measuring.machine import device_name
+    from b3core.measuring.runner import StepResult, run_guarded
+    from b3core.measuring.stats import Measurement
+    from b3core.suites.cases import unsupported_reason
+    from b3core.workloads.devices import synchronize
 
     rounds, warmup = b3_settings
 
@@ -197,7 +197,7 @@ def extra_info(result) -> dict:
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    from .machine import machine_record
+    from b3core.measuring.machine import machine_record
 
     record = machine_record()
     machine_info["b3"] = record
@@ -213,7 +213,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     results, notes = config.stash.get(_RESULTS, []), config.stash.get(_NOTES, [])
     if not results and not notes:
         return
-    from .report import step_rows, to_text
+    from b3core.reports.tables import step_rows, to_text
 
     terminalreporter.write_sep("=", "b3 summary (mean ± SD over rounds; median beside)")
     if results:

@@ -9,15 +9,21 @@ from typing import TypeVar
 
 import torch
 
-from .data import synthetic_batch
-from .devices import PRECISIONS, check_precision, resolve_device
-from .errors import B3Error, StepOutOfMemory
-from .memory import MemoryBudget, PeakMemory, PeakMemoryTracker, is_out_of_memory, release_memory
-from .models import get_model_spec
-from .stats import Measurement
-from .timing import time_repeats
-from .training import OPTIMIZERS, Trainer, prepare_training
-from .validate import require_choice, require_positive_int
+from b3core.errors import B3Error, StepOutOfMemory
+from b3core.measuring.clocks import time_repeats
+from b3core.measuring.memory import (
+    MemoryBudget,
+    PeakMemory,
+    PeakMemoryTracker,
+    is_out_of_memory,
+    release_memory,
+)
+from b3core.measuring.stats import Measurement
+from b3core.spec.validate import require_choice, require_positive_int
+from b3core.workloads.data import synthetic_batch
+from b3core.workloads.devices import PRECISIONS, check_precision, resolve_device
+from b3core.workloads.models import get_model_spec
+from b3core.workloads.training import OPTIMIZERS, Trainer, prepare_training
 
 T = TypeVar("T")
 MODES = ("train", "inference")
@@ -219,7 +225,7 @@ def measure(
     seed: int = 0,
 ) -> StepResult:
     """Warm up, then time `repeats` steps, each bracketed by device synchronisation."""
-    from .machine import device_name
+    from b3core.measuring.machine import device_name
 
     require_positive_int("repeats", repeats)
     require_warmup(warmup)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 from torchvision import models as tv
 
-from .errors import B3Error
+from b3core.errors import B3Error
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import B3Error
-from .measure import StepResult, StepSpec
-from .memory import PeakMemory
-from .stats import Measurement
+from b3core.errors import B3Error
+from b3core.measuring.memory import PeakMemory
+from b3core.measuring.runner import StepResult, StepSpec
+from b3core.measuring.stats import Measurement
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Measuring in a fresh process: no allocator fragmentation or leaked tensors from earlier
 configurations, and a crash or OOM kill takes only the worker down.
 
-Run as `python -m b3core.isolated` with a JSON request on stdin; it answers one JSON line.
+Run as `python -m b3core.measuring.isolation` with a JSON request on stdin; it answers one JSON line.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import signal
 import subprocess
 import sys
 
-from .errors import B3Error, StepOutOfMemory
-from .measure import StepResult, StepSpec, measure
+from b3core.errors import B3Error, StepOutOfMemory
+from b3core.measuring.runner import StepResult, StepSpec, measure
 
 
 def measure_isolated(
@@ -26,7 +26,7 @@ def measure_isolated(
         "seed": seed,
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "b3core.isolated"],
+        [sys.executable, "-m", "b3core.measuring.isolation"],
         input=json.dumps(request),
         capture_output=True,
         text=True,

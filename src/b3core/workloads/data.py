@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, random_split
 
-from .errors import B3Error
+from b3core.errors import B3Error
 
 # B3's split: CIFAR-10's 50,000 training images as 45,000 train / 5,000 validation, plus test.
 B3_TRAIN, B3_VAL, B3_TEST = 45_000, 5_000, 10_000

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-from .models import count_parameters, create_model
+from b3core.workloads.models import count_parameters, create_model
 
 # Extra fp32 tensors per parameter that each optimizer keeps (Adam: two moments; SGD: momentum).
 OPTIMIZER_STATES = {"adam": 2, "sgd": 1}

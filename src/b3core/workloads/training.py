@@ -15,9 +15,9 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from .models import create_model
-from .precision import autocast_factory, configure_math_mode, make_grad_scaler
-from .validate import require_choice
+from b3core.spec.validate import require_choice
+from b3core.workloads.models import create_model
+from b3core.workloads.precision import autocast_factory, configure_math_mode, make_grad_scaler
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 T = TypeVar("T")

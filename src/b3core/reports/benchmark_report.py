@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .plots import plot_batch_curves
-from .report import comparison_frame, display_frame, results_frame, to_text
-from .results import ResultSet, source_labels
+from b3core.reports.plots import plot_batch_curves
+from b3core.reports.results import ResultSet, source_labels
+from b3core.reports.tables import comparison_frame, display_frame, results_frame, to_text
 
 
 @dataclass(frozen=True)

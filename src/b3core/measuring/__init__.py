@@ -1,0 +1,1 @@
+"""Measuring: clocks, statistics, memory, the runner, isolation and the machine record."""

@@ -1,0 +1,1 @@
+"""Reports: pure functions of saved results (tables, plots, files). They never measure."""

@@ -1,0 +1,1 @@
+"""The spec: what a step is, torch-free."""

@@ -1,0 +1,1 @@
+"""The benchmark suites' shared definitions: cases, the pytest plugin and asv glue."""

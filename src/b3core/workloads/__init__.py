@@ -1,0 +1,1 @@
+"""Workloads: models, data, the training and inference steps, precision and devices."""
