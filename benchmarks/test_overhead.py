@@ -8,11 +8,10 @@ import statistics
 import torch
 from torch import nn
 
-from b3core.measuring import (
-    clocks as timing,  # a module import: asv would take a bare time_call for a benchmark
-)
-from b3core.measuring.runner import StepSpec, build_step
+from b3core.measuring import clocks
+from b3core.measuring.runner import prepare
 from b3core.measuring.stats import paired_ratio
+from b3core.spec.step import StepSpec
 from b3core.workloads.data import synthetic_batch
 from b3core.workloads.devices import resolve_device
 from b3core.workloads.models import create_model, get_model_spec
@@ -24,8 +23,9 @@ def handwritten_step(spec: StepSpec, device: torch.device):
     torch.manual_seed(0)
     model = create_model(spec.model).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    model_spec = get_model_spec(spec.model)
     x, y = synthetic_batch(
-        spec.batch_size, get_model_spec(spec.model).input_shape(), spec.resolved_num_classes, device
+        spec.batch_size, model_spec.input_shape(), model_spec.num_classes, device
     )
 
     def step():
@@ -40,7 +40,7 @@ def handwritten_step(spec: StepSpec, device: torch.device):
 def test_harness_overhead(benchmark, b3_note):
     device = resolve_device(os.environ.get("B3_DEVICE", "auto"))
     spec = StepSpec("simple_cnn", 32, device=str(device))
-    harness, plain = build_step(spec, device), handwritten_step(spec, device)
+    harness, plain = prepare(spec).call, handwritten_step(spec, device)
     for _ in range(3):
         harness(), plain()
     times = {"harness": [], "plain": []}
@@ -49,7 +49,7 @@ def test_harness_overhead(benchmark, b3_note):
         pair = [("harness", harness), ("plain", plain)]
         order.shuffle(pair)  # neither side always runs first
         for name, fn in pair:
-            times[name].append(timing.time_call(fn, device))
+            times[name].append(clocks.time_block(fn, device))
     ratio, low, high = paired_ratio(times["harness"], times["plain"])
     benchmark.extra_info.update(
         harness_median_s=statistics.median(times["harness"]),
@@ -62,4 +62,4 @@ def test_harness_overhead(benchmark, b3_note):
         f"harness/plain = {ratio:.4f}, 95% CI {low:.4f} to {high:.4f} "
         f"({(ratio - 1) * 100:+.2f}%; target under +1%)"
     )
-    benchmark.pedantic(timing.synchronized(harness, device), rounds=10, warmup_rounds=2)
+    benchmark.pedantic(clocks.synced_every(harness, device), rounds=10, warmup_rounds=2)

@@ -3,15 +3,16 @@ import json
 import pytest
 
 from b3core.cli import main
-from b3core.measuring.memory import PeakMemory
-from b3core.measuring.runner import StepResult, StepSpec
+from b3core.measuring.result import PeakMemory, StepResult
 from b3core.measuring.stats import Measurement
+from b3core.spec import StepSpec
 from b3core.studies.advise import LrRequest, advise
 from b3core.studies.memory_model import fit_memory
 from b3core.studies.sweep import SweepResult
+from b3core.workloads.info import WorkloadInfo
 
 
-def sweep_with(rates: dict[int, float], model: str = "simple_cnn") -> SweepResult:
+def sweep_with(rates: dict[int, float], batchnorm: bool = False) -> SweepResult:
     """A sweep whose batch B runs at rates[B] samples/s, steadily."""
     results = []
     for b, rate in rates.items():
@@ -19,11 +20,11 @@ def sweep_with(rates: dict[int, float], model: str = "simple_cnn") -> SweepResul
         times = (step * 0.99, step, step * 1.01, step)
         results.append(
             StepResult(
-                StepSpec(model, b, device="cpu"),
+                StepSpec("a_model", b, device="cpu"),
                 Measurement(times, b),
                 PeakMemory(1000 + 10 * b, None, "fake"),
-                0.0,
                 "cpu",
+                workload=WorkloadInfo(1000, (3, 32, 32), 10, batchnorm),
             )
         )
     return SweepResult(results=results)
@@ -64,7 +65,8 @@ def test_learning_rate_and_accumulation_for_the_chosen_batch():
 
 
 def test_accumulation_with_batchnorm_says_it_is_not_a_true_large_batch():
-    advice = advise(sweep_with(RATES, model="tanh_cnn"), batch=64, target_batch=512)
+    """Read from the recorded workload: advise builds no model."""
+    advice = advise(sweep_with(RATES, batchnorm=True), batch=64, target_batch=512)
     assert "BatchNorm" in advice.accumulation_note and "512" in advice.accumulation_note
 
 
@@ -73,7 +75,9 @@ def test_cli_advise_from_a_real_sweep(tmp_path, capsys):
     assert (
         main(
             [
-                *"sweep --batch-sizes 8,16 --repeats 2 --passes 1 --device cpu --out".split(),
+                *"sweep --batch-sizes 8,16 --repeats 2 --passes 1 --clock per-step".split(),
+                *"--device cpu".split(),
+                "--out",
                 str(out),
             ]
         )
@@ -100,7 +104,7 @@ def test_cli_advise_errors(tmp_path, capsys):
 
 def test_cli_advise_refuses_a_find_max_file_of_another_setup(tmp_path, capsys):
     out = tmp_path / "s"
-    argv = "sweep --batch-sizes 8,16 --repeats 2 --passes 1 --device cpu --out"
+    argv = "sweep --batch-sizes 8,16 --repeats 2 --passes 1 --clock per-step --device cpu --out"
     assert main([*argv.split(), str(out)]) == 0
     other = tmp_path / "max.json"
     spec = {

@@ -1,6 +1,15 @@
-"""asv end to end, on CPU: a two-commit project that uses b3core, a regression flagged by
-`asv continuous`, an unchanged pair not flagged, and `asv publish` writing the HTML."""
+"""asv end to end on b3's own suite (benchmarks/asv_steps.py), on CPU, one case.
 
+A throwaway copy of this repository gets commits that make the training step 30% slower, and
+30% faster. `asv continuous` must flag the slowdown on every metric that moved (step time and
+time per sample), as worse, and must pass the speedup: asv reads every number as
+lower-is-better, and b3's suite tracks only costs. Then `asv publish` writes the HTML.
+
+Each commit is installed by copying its `src/b3core` into the asv environment (install.py),
+beside a .pth that makes the torch already installed here importable: nothing is downloaded.
+"""
+
+import json
 import os
 import shutil
 import site
@@ -10,57 +19,95 @@ from pathlib import Path
 
 import pytest
 
-TOY = Path(__file__).parent / "asv_toy"
 REPO = Path(__file__).resolve().parents[1]
+INSTALL = Path(__file__).parent / "asv_e2e" / "install.py"
+CASE = {"B3_MODELS": "simple_cnn", "B3_BATCH_SIZES": "16", "B3_PRECISIONS": "fp32"}
+TRAIN_METRICS = ("TrainStep.time_train_step", "TrainCost.track_seconds_per_sample")
+# The step's own time times this much is slept after it, so the change scales with the step.
+SLOWER, SLOW_BASE = 0.30, 0.43  # 1.3x; and 1/1.43 = 0.7x when the sleep is removed again
 
 pytestmark = pytest.mark.slow
 
+SLOWDOWN = """
+
+# Injected by tests/test_asv.py: a training step {factor:.0%} slower than its own compute.
+import time as _time
+
+_undelayed_step = Trainer.step
+
+
+def _delayed_step(self, micro_batches):
+    began = _time.perf_counter()
+    loss = _undelayed_step(self, micro_batches)
+    _time.sleep({factor} * (_time.perf_counter() - began))
+    return loss
+
+
+Trainer.step = _delayed_step
+"""
+
 
 def git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b3", "GIT_AUTHOR_EMAIL": "b3@test"}
+    env.update(GIT_COMMITTER_NAME="b3", GIT_COMMITTER_EMAIL="b3@test")
     proc = subprocess.run(
-        ["git", *args],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-        env={
-            **os.environ,
-            "GIT_AUTHOR_NAME": "b3",
-            "GIT_AUTHOR_EMAIL": "b3@test",
-            "GIT_COMMITTER_NAME": "b3",
-            "GIT_COMMITTER_EMAIL": "b3@test",
-        },
+        ["git", *args], cwd=repo, capture_output=True, text=True, check=True, env=env
     )
     return proc.stdout.strip()
 
 
-def commit_with(repo: Path, slowdown: float, message: str) -> str:
-    source = repo / "toyproj" / "__init__.py"
-    text = source.read_text()
-    marker = text[text.index("SLOWDOWN_S = ") :].splitlines()[0]
-    source.write_text(text.replace(marker, f"SLOWDOWN_S = {slowdown}"))
-    (repo / "NOTES.md").write_text(message + "\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", message)
+def commit_step_delay(repo: Path, training: str, factor: float, message: str) -> str:
+    path = repo / "src" / "b3core" / "workloads" / "training.py"
+    path.write_text(training + (SLOWDOWN.format(factor=factor) if factor else ""))
+    git(repo, "commit", "-q", "-am", message)
     return git(repo, "rev-parse", "HEAD")
 
 
 @pytest.fixture(scope="module")
-def toy_repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("toy")
-    shutil.copytree(TOY, repo, dirs_exist_ok=True)
+def b3_repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("b3")
+    files = git(REPO, "ls-files", "src", "benchmarks", "pyproject.toml").splitlines()
+    for name in files:
+        if (REPO / name).exists():  # the working tree's version, as the tests see it
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, repo / name)
+    config = {
+        "version": 1,
+        "project": "b3core",
+        "repo": ".",
+        "branches": ["main"],
+        "environment_type": "virtualenv",
+        "build_command": [],
+        "install_command": [f"python {INSTALL} {{build_dir}}"],
+        "uninstall_command": [],
+        "launch_method": "spawn",
+        "benchmark_dir": "benchmarks",
+        "env_dir": ".asv/env",
+        "results_dir": ".asv/results",
+        "html_dir": ".asv/html",
+    }
+    (repo / "asv.conf.json").write_text(json.dumps(config, indent=2))
     git(repo, "init", "-q", "-b", "main")
-    base = commit_with(repo, 0.0, "first: the step as it was")
-    same = commit_with(repo, 0.0, "docs only: no change to the step")
-    slow = commit_with(repo, 0.1, "slower: 100 ms more per training step")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "b3 as it is")
+    training = (repo / "src" / "b3core" / "workloads" / "training.py").read_text()
+    commits = {
+        "base": git(repo, "rev-parse", "HEAD"),
+        "slower": commit_step_delay(repo, training, SLOWER, "training step 30% slower"),
+        "slow base": commit_step_delay(repo, training, SLOW_BASE, "training step 43% slower"),
+        "faster": commit_step_delay(repo, training, 0, "training step 30% faster than that"),
+    }
     home = repo / "home"
     home.mkdir()
-    # torch and b3core come from this interpreter's site-packages through a .pth file (see
-    # link_shared_site.py): the toy environment must not download several GB of torch.
-    shared = [*site.getsitepackages(), str(REPO / "src")]
-    env = {**os.environ, "HOME": str(home), "B3_TOY_SHARED_PATHS": os.pathsep.join(shared)}
-    asv(repo, env, "machine", "--yes", "--machine", "toybox")
-    return repo, env, base, same, slow
+    env = {
+        **os.environ,
+        **CASE,
+        "HOME": str(home),
+        "B3_DEVICE": "cpu",
+        "B3_ASV_SHARED_PATHS": os.pathsep.join(site.getsitepackages()),
+    }
+    asv(repo, env, "machine", "--yes", "--machine", "ci-cpu")
+    return repo, env, commits
 
 
 def asv(repo: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -70,33 +117,52 @@ def asv(repo: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1200,
     )
 
 
 def continuous(repo, env, base, head):
-    # A shared CI CPU once doubled a ~3 ms step's median for a whole run, so the factor is 4:
-    # noise cannot reach it, while the injected 100 ms sleep is ~30x the step.
-    return asv(repo, env, "continuous", "--factor", "4", "--machine", "toybox", base, head)
+    # Only the training metrics: the change touches nothing else, and CPU peak memory (RSS
+    # growth) moves with the allocator, not with the code.
+    return asv(
+        repo,
+        env,
+        *("continuous", "--factor", "1.1", "--interleave-rounds", "--machine", "ci-cpu"),
+        *("--bench", "|".join(TRAIN_METRICS), "--show-stderr", base, head),
+    )
 
 
-def test_unchanged_pair_is_not_flagged(toy_repo):
-    repo, env, base, same, _ = toy_repo
-    proc = continuous(repo, env, base, same)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "BENCHMARKS NOT SIGNIFICANTLY CHANGED" in proc.stdout
+def changes(stdout: str) -> dict[str, str]:
+    """Benchmark name -> asv's change mark ('+' worse, '-' better, '' unchanged), from the
+    table `asv continuous` prints."""
+    marks = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) >= 5 and cells[-1].startswith("asv_steps."):
+            marks[cells[-1].split("(")[0].removeprefix("asv_steps.")] = cells[0]
+    return marks
 
 
-def test_slower_commit_is_flagged_and_fails(toy_repo):
-    repo, env, _, same, slow = toy_repo
-    proc = continuous(repo, env, same, slow)
-    assert proc.returncode != 0, proc.stdout + proc.stderr
+def test_a_slower_training_step_fails_the_gate_on_every_metric_that_moved(b3_repo):
+    repo, env, commits = b3_repo
+    proc = continuous(repo, env, commits["base"], commits["slower"])
+    report = proc.stdout + proc.stderr
+    assert proc.returncode != 0, report
+    assert changes(proc.stdout) == {metric: "+" for metric in TRAIN_METRICS}, report
     assert "PERFORMANCE DECREASED" in proc.stdout
-    assert "time_train_step" in proc.stdout
 
 
-def test_publish_writes_the_html_site(toy_repo):
-    repo, env, *_ = toy_repo
+def test_a_faster_training_step_passes_the_gate_as_an_improvement(b3_repo):
+    repo, env, commits = b3_repo
+    proc = continuous(repo, env, commits["slow base"], commits["faster"])
+    report = proc.stdout + proc.stderr
+    assert proc.returncode == 0, report
+    assert changes(proc.stdout) == {metric: "-" for metric in TRAIN_METRICS}, report
+    assert "PERFORMANCE DECREASED" not in proc.stdout
+
+
+def test_publish_writes_the_html_site(b3_repo):
+    repo, env, _ = b3_repo
     proc = asv(repo, env, "publish")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (repo / ".asv" / "html" / "index.html").exists()

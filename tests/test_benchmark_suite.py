@@ -30,7 +30,8 @@ def run_pytest(*args, cwd, env_extra=None, plugins_dir=None):
     )
 
 
-def test_suite_reports_b3_extra_info_machine_and_summary(tmp_path):
+@pytest.mark.parametrize("clock", ["blocked", "per-step"])
+def test_suite_reports_b3_extra_info_machine_and_summary(tmp_path, clock):
     out = tmp_path / "results.json"
     proc = run_pytest(
         REPO / "benchmarks" / "test_train_step.py",
@@ -38,6 +39,8 @@ def test_suite_reports_b3_extra_info_machine_and_summary(tmp_path):
         *SMALL,
         "--b3-rounds",
         "4",
+        "--b3-clock",
+        clock,
         "--benchmark-json",
         out,
         cwd=tmp_path,
@@ -48,13 +51,22 @@ def test_suite_reports_b3_extra_info_machine_and_summary(tmp_path):
     assert machine["b3_slug"] and machine["torch"] and "gpu_count" in machine
     assert len(data["benchmarks"]) == 2
     for record in data["benchmarks"]:
-        info = record["extra_info"]
-        assert record["stats"]["rounds"] == 4 and len(info["times_s"]) == 4
-        # the raw times b3 keeps are the very ones pytest-benchmark summarised
-        assert sum(info["times_s"]) / 4 == pytest.approx(record["stats"]["mean"])
-        assert info["samples_per_s_mean"] > 0 and info["peak_memory_bytes"] > 0
-        assert info["effective_batch_size"] == info["b3_spec"]["batch_size"]
-    assert "b3 summary" in proc.stdout and "samples/s (mean ± SD)" in proc.stdout
+        info, stats = record["extra_info"], record["stats"]
+        raw = info["b3_result"]["measurement"]
+        k = raw["steps_per_sample"]
+        assert info["clock"] == clock and (k > 1) == (clock == "blocked")
+        assert stats["rounds"] == 4 and len(raw["times_s"]) == 4 and stats["iterations"] == k
+        # pytest-benchmark's rounds are b3's timed samples: the mean step of each block
+        assert sum(raw["times_s"]) / (4 * k) == pytest.approx(stats["mean"])
+        spec = info["b3_result"]["spec"]
+        samples = spec["batch_size"] * spec["accumulation_steps"]
+        assert info["effective_batch_size"] == samples
+        assert info["samples_per_s"] == pytest.approx(samples * 4 * k / sum(raw["times_s"]))
+        assert info["peak_memory_bytes"] > 0 and info["skipped_steps"] == 0
+        assert "samples_per_step" not in info  # effective_batch_size says it, once
+    assert "b3 summary" in proc.stdout and "samples/s (95% CI)" in proc.stdout
+    # both IQRs appear in this terminal: b3 says which quartile rule is its own
+    assert "b3's IQR uses quartiles by linear interpolation" in proc.stdout
 
 
 def test_autosave_storage_is_named_by_machine_slug_and_env_settings_apply(tmp_path):

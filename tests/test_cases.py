@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from b3core.errors import B3Error
-from b3core.measuring.runner import StepSpec
+from b3core.spec import StepSpec
 from b3core.suites.cases import (
     CaseOptions,
     benchmark_cases,
@@ -13,7 +13,7 @@ from b3core.suites.cases import (
     get_profile,
     unsupported_reason,
 )
-from b3core.workloads.models import list_models
+from b3core.workloads.models import get_model_spec, list_models
 
 
 def test_b3_profile_is_b3s_experiment():
@@ -30,7 +30,7 @@ def test_quick_profile_is_small_and_around_powers_of_two():
     assert {c.precision for c in cases} == {"fp32"}
     assert {c.accumulation_steps for c in cases if c.mode == "train"} == {1, 2}
     assert {c.accumulation_steps for c in cases if c.mode == "inference"} == {1}
-    assert all(c.resolved_image_size <= 64 for c in cases)
+    assert all((c.image_size or get_model_spec(c.model).image_size) <= 64 for c in cases)
 
 
 def test_full_profile_covers_every_model_precision_and_accumulation():

@@ -46,6 +46,11 @@ def run_cli_exit(capsys, *argv):
         (["run", "--batch_size", "0"], "positive integer"),
         (["run", "--mixed_precision", "maybe"], "true or false"),
         (["run", "--num_devices", "4"], "not supported"),
+        (["run", "--warmup", "1", "--model", "simple_cnn"], "warm-up"),
+        (["step", "--batch-size", "4", "--clock", "sundial"], "invalid choice"),
+        (["step", "--batch-size", "4", "--warmup", "1"], "warm-up must be at least 2"),
+        (["step", "--batch-size", "4", "--clock", "per-step", "--block-steps", "3"], "blocked"),
+        (["step", "--batch-size", "4", "--lr", "fast"], "must be a number"),
         (["models", "zzz*"], "no model matches"),
     ],
 )
@@ -76,16 +81,70 @@ def test_console_script_prints_no_traceback():
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_step_prints_mean_and_sd_and_writes_json(capsys, tmp_path):
+@pytest.mark.parametrize("clock", ["blocked", "per-step"])
+def test_step_json_states_throughput_as_total_samples_over_total_time(capsys, tmp_path, clock):
     path = tmp_path / "step.json"
     code, out, _ = run_cli(
-        capsys, "step --model simple_cnn --batch-size 8 --device cpu --repeats 3 --json", str(path)
+        capsys,
+        f"step --model simple_cnn --batch-size 8 --accumulation-steps 2 --device cpu "
+        f"--repeats 4 --clock {clock} --json",
+        str(path),
     )
     assert code == 0
-    assert "step time" in out and "±" in out and "samples/s" in out
+    assert "step time" in out and "±" in out and "samples/s" in out and clock in out
     payload = json.loads(path.read_text())
-    assert len(payload["result"]["measurement"]["times_s"]) == 3
+    result = payload["result"]
+    raw = result["measurement"]
+    assert result["clock"] == clock and isinstance(result["skipped_steps"], int)
+    assert len(raw["times_s"]) == 4
+    assert (raw["steps_per_sample"] > 1) == (clock == "blocked")  # ~1 ms steps block up
+    samples = 16 * raw["steps_per_sample"] * 4
+    throughput = result["throughput"]
+    assert throughput["samples_per_s"] == pytest.approx(samples / sum(raw["times_s"]))
+    low, high = throughput["ci95"]
+    assert low <= throughput["samples_per_s"] <= high
     assert payload["machine"]["torch"] and payload["machine"]["slug"]
+
+
+def test_step_out_of_memory_is_one_line_and_exit_1(capsys, monkeypatch):
+    import torch
+
+    from b3core.workloads.training import Trainer
+
+    def out_of_memory(self, micro_batches):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(Trainer, "step", out_of_memory)
+    code, out, err = run_cli(capsys, "step --batch-size 8 --device cpu")
+    assert code == 1 and out == ""
+    assert err.startswith("b3 step: error: simple_cnn/train/bs8/fp32: out of memory (CUDA out")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_step_options_are_the_spec_fields(capsys):
+    """Every StepSpec and Timing field is an option of b3 step, declared once, in the spec."""
+    import dataclasses
+
+    from b3core.cli import build_parser
+    from b3core.cli.options import spec_from_args, timing_from_args
+    from b3core.spec import StepSpec, Timing
+
+    argv = (
+        "step --model resnet18 --batch_size 4 --precision bf16 --accumulation-steps 3 "
+        "--inference --image-size 64 --num-classes 7 --optimizer sgd --learning_rate 0.1 "
+        "--channels-last --compile --no-cudnn-benchmark --device cpu --repeats 3 --warmup 4 "
+        "--clock blocked --block-steps 2"
+    )
+    args = build_parser().parse_args(argv.split()[0:])
+    spec, timing = spec_from_args(args), timing_from_args(args)
+    assert spec == StepSpec(
+        "resnet18", 4, "bf16", 3, "inference", 64, 7, "sgd", 0.1, True, True, False, "cpu"
+    )
+    assert timing == Timing(3, 4, "blocked", 2)
+    defaults = spec_from_args(build_parser().parse_args("step --batch-size 4".split()))
+    for field in dataclasses.fields(StepSpec):
+        if field.default is not dataclasses.MISSING and field.name != "device":
+            assert getattr(defaults, field.name) == field.default, field.name
 
 
 def test_step_inference(capsys):
@@ -105,7 +164,7 @@ def test_run_accepts_b3s_flags_verbatim(capsys, tmp_path):
     assert code == 0
     assert "mixed precision: bf16" in out  # the best mixed precision on CPU, said aloud
     payload = json.loads((tmp_path / "b3-run.json").read_text())
-    assert payload["result"]["config"]["precision"] == "bf16"
+    assert payload["result"]["config"]["step"]["precision"] == "bf16"
     assert payload["result"]["runs"][0]["train"]["samples"] == 64
 
 

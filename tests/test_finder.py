@@ -4,8 +4,9 @@ import pytest
 
 import b3core.studies.finder as finder
 from b3core.errors import B3Error, StepOutOfMemory
-from b3core.measuring.memory import PeakMemory
-from b3core.measuring.runner import StepSpec, measure
+from b3core.measuring.result import PeakMemory
+from b3core.measuring.runner import measure
+from b3core.spec import StepSpec, Timing
 from b3core.studies.finder import find_max_batch
 
 SPEC = StepSpec("simple_cnn", 1, device="cpu")
@@ -18,8 +19,8 @@ def fake_device(edge: int, calls: list):
         def __init__(self, b):
             self.memory = PeakMemory(b * 1000, None, "fake")
 
-    def probe(spec, *, isolate, repeats, warmup, memory_budget):
-        calls.append((spec.batch_size, warmup + repeats))
+    def probe(spec, timing, *, isolate, memory_budget):
+        calls.append((spec.batch_size, timing.warmup + timing.repeats))
         if spec.batch_size > edge:
             raise StepOutOfMemory(spec.label, "fake OOM")
         return Fake(spec.batch_size)
@@ -78,11 +79,11 @@ def test_real_search_on_cpu_under_a_budget():
 def test_isolated_probe_runs_in_a_fresh_process():
     from b3core.measuring.isolation import measure_isolated
 
-    result = measure_isolated(SPEC.replace(batch_size=4), repeats=2, warmup=2)
-    assert result.measurement.time.n == 2
+    result = measure_isolated(SPEC.replace(batch_size=4), Timing(repeats=2))
+    assert result.measurement.time.n == 2 and result.workload.parameters == 41_418
     with pytest.raises(StepOutOfMemory):
-        measure_isolated(SPEC.replace(batch_size=4), repeats=1, warmup=2, memory_budget=1024)
-    assert measure(SPEC.replace(batch_size=2), repeats=2).measurement.time.n == 2
+        measure_isolated(SPEC.replace(batch_size=4), Timing(repeats=1), memory_budget=1024)
+    assert measure(SPEC.replace(batch_size=2), Timing(repeats=2)).measurement.time.n == 2
 
 
 def test_cli_find_max_batch_reports_probes_prediction_and_json(tmp_path, capsys):

@@ -4,12 +4,13 @@ import torch
 from b3core.errors import B3Error, MemoryBudgetExceeded, StepOutOfMemory
 from b3core.measuring.memory import (
     MemoryBudget,
-    PeakMemory,
     PeakMemoryTracker,
     is_out_of_memory,
     parse_memory_size,
 )
-from b3core.measuring.runner import StepSpec, measure
+from b3core.measuring.result import PeakMemory
+from b3core.measuring.runner import measure
+from b3core.spec import StepSpec, Timing
 
 
 @pytest.mark.parametrize(
@@ -46,7 +47,12 @@ def test_oom_recognition():
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
     assert is_out_of_memory(MemoryBudgetExceeded("over"))
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
+    assert is_out_of_memory(
+        RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+    )
+    assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_BAD_PARAM"))
 
 
 def test_budget_guard_raises_b3s_oom_on_cpu():
@@ -59,6 +65,6 @@ def test_budget_guard_raises_b3s_oom_on_cpu():
 def test_measure_turns_a_budget_overrun_into_step_out_of_memory():
     spec = StepSpec("simple_cnn", 8, device="cpu")
     with pytest.raises(StepOutOfMemory, match="simple_cnn/train/bs8"):
-        measure(spec, repeats=2, memory_budget=1 * 2**20)
+        measure(spec, Timing(repeats=2), memory_budget=1 * 2**20)
     # the failed configuration left nothing behind that stops the next one
-    assert measure(spec, repeats=2).measurement.time.n == 2
+    assert measure(spec, Timing(repeats=2)).measurement.time.n == 2

@@ -1,26 +1,28 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from b3core.cli import main
 from b3core.errors import B3Error
-from b3core.measuring.memory import PeakMemory
-from b3core.measuring.runner import StepResult, StepSpec
+from b3core.measuring.result import PeakMemory, StepResult
 from b3core.measuring.stats import Measurement
 from b3core.reports.results import load_benchmark_json
+from b3core.spec import StepSpec
 from b3core.suites.pytest_plugin import extra_info
 
 
-def fake_results_file(path, slug, scale=1.0):
+def fake_results_file(path, slug, scale=1.0, model="simple_cnn"):
     """A pytest-benchmark JSON file as the b3 plugin writes it (raw times in extra_info)."""
     benchmarks = []
     for batch in (15, 16, 17):
         times = tuple(scale * batch * t for t in (0.001, 0.0011, 0.00105, 0.00098))
         result = StepResult(
-            StepSpec("simple_cnn", batch, device="cpu"),
+            StepSpec(model, batch, device="cpu"),
             Measurement(times, batch),
             PeakMemory(batch * 2**20, None, "process_rss_growth"),
-            0.0,
             "cpu",
         )
         benchmarks.append(
@@ -28,6 +30,41 @@ def fake_results_file(path, slug, scale=1.0):
         )
     path.write_text(json.dumps({"machine_info": {"b3_slug": slug}, "benchmarks": benchmarks}))
     return path
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_loading_results_needs_neither_torch_nor_a_model_that_still_exists(tmp_path):
+    """A saved result outlives its code: load it with torch and torchvision unimportable, for a
+    model no registry knows."""
+    path = fake_results_file(tmp_path / "gone.json", "host-gpu", model="a_model_since_removed")
+    script = (
+        "import sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, *args):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision'):\n"
+        "            raise ImportError(f'{name} is blocked for this test')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "from b3core.reports.results import load_benchmark_json\n"
+        f"r = load_benchmark_json({str(path)!r}).results[0]\n"
+        "print(r.spec.model, round(r.measurement.throughput.samples_per_s))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == "a_model_since_removed"
+    assert "torch" not in proc.stdout
+
+
+def test_a_b3_0_1_results_file_loads_as_per_step_measurements():
+    """docs/results/vm-cpu/quick-profile.json was written by b3 0.1's pytest plugin."""
+    loaded = load_benchmark_json(REPO / "docs" / "results" / "vm-cpu" / "quick-profile.json")
+    assert loaded.results and all(r.measurement.clock == "per-step" for r in loaded.results)
+    first = loaded.results[0]
+    m = first.measurement
+    assert m.throughput.samples_per_s == pytest.approx(
+        first.spec.samples_per_step * len(m.times) / sum(m.times)
+    )
 
 
 def test_results_round_trip_through_the_json(tmp_path):

@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from b3core.measuring.stats import Measurement, difference_ci, summarize, tukey_outliers
+from b3core.measuring.stats import (
+    Measurement,
+    difference_ci,
+    ratio_throughput,
+    summarize,
+    tukey_outliers,
+)
 
 
 def test_summarize_matches_numpy_and_scipy():
@@ -26,12 +32,45 @@ def test_tukey_outliers_marks_a_2x_spike():
     assert tukey_outliers(times) == [5]
 
 
-def test_measurement_derives_throughput_from_raw_times():
+def test_throughput_is_total_samples_over_total_time_not_a_mean_of_rates():
+    """Steps of 0.5 s and 0.25 s at 100 samples: 400 samples in 1.5 s is 266.7 samples/s.
+    The mean of the per-step rates (200, 400, 200, 400) would say 300: Jensen's upward bias."""
     m = Measurement(times=(0.5, 0.25, 0.5, 0.25), samples_per_step=100)
-    assert m.samples_per_second.mean == pytest.approx(300.0)
-    assert m.iterations_per_second.mean == pytest.approx(3.0)
+    assert m.throughput.samples_per_s == pytest.approx(400 / 1.5)
+    assert (m.throughput.samples, m.throughput.seconds) == (400, pytest.approx(1.5))
+    assert m.iterations_per_second == pytest.approx(4 / 1.5)
     assert m.time.mean == pytest.approx(0.375)
     assert Measurement.from_dict(m.to_dict()) == m
+
+
+def test_blocked_samples_cover_their_steps():
+    """Two blocks of 5 steps of 10 samples, in 1 s and 2 s: 100 samples in 3 s."""
+    m = Measurement(times=(1.0, 2.0), samples_per_step=10, steps_per_sample=5, clock="blocked")
+    assert m.throughput.samples_per_s == pytest.approx(100 / 3)
+    assert m.step_times == (0.2, 0.4) and m.steps == 10
+    assert Measurement.from_dict(m.to_dict()) == m
+
+
+def test_throughput_interval_is_scipys_bootstrap_of_the_ratio():
+    rng = np.random.default_rng(1)
+    times = rng.lognormal(np.log(0.01), 0.2, 40)
+    rate = ratio_throughput(times, 32)
+    expected = sps.bootstrap(
+        (times,),
+        lambda x, axis: 32 / np.mean(x, axis=axis),
+        vectorized=True,
+        n_resamples=2000,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    ).confidence_interval
+    assert rate.ci95 == (pytest.approx(expected.low), pytest.approx(expected.high))
+    assert rate.ci95[0] < rate.samples_per_s < rate.ci95[1]
+    assert np.isnan(ratio_throughput([0.01], 32).ci95[0])  # one sample: no interval
+
+
+def test_a_saved_b3_0_1_measurement_loads_as_per_step():
+    m = Measurement.from_dict({"times_s": [0.1, 0.2], "samples_per_step": 8})
+    assert (m.clock, m.steps_per_sample) == ("per-step", 1)
 
 
 def test_measurement_warns_when_noisy_or_too_short():
@@ -40,7 +79,16 @@ def test_measurement_warns_when_noisy_or_too_short():
     short = Measurement(times=(1.0, 1.1), samples_per_step=1)
     assert steady.warnings == []
     assert any("noisy" in w for w in noisy.warnings)
-    assert any("repeat" in w for w in short.warnings)
+    assert any("timed sample" in w for w in short.warnings)
+
+
+def test_difference_ci_is_welchs_test_from_scipy():
+    a, b = [1.0, 2.0, 3.0, 4.5], [2.0, 3.5, 4.0, 6.0, 5.5]
+    diff, low, high, p = difference_ci(a, b)
+    welch = sps.ttest_ind(a, b, equal_var=False)
+    interval = welch.confidence_interval(0.95)
+    assert (low, high, p) == (interval.low, interval.high, welch.pvalue)
+    assert diff == pytest.approx(np.mean(a) - np.mean(b))
 
 
 def test_difference_ci_detects_a_real_difference_and_not_a_null_one():

@@ -10,15 +10,17 @@ import pytest
 
 from b3core.cli import main
 from b3core.errors import B3Error
-from b3core.measuring.runner import StepSpec
+from b3core.spec import StepSpec, Timing
 from b3core.studies.sweep import LOG_NAME, SweepLog, SweepPlan, aggregate, read_log, run_sweep
 
 BASE = StepSpec("simple_cnn", 1, device="cpu")
 MACHINE = {"slug": "test"}
 
 
-def plan(**kw):
-    return SweepPlan(**{"base": BASE, "batch_sizes": (8, 16, 24), "repeats": 4, "passes": 2, **kw})
+def plan(repeats=4, clock="per-step", **kw):
+    timing = Timing(repeats=repeats, clock=clock)
+    defaults = {"base": BASE, "batch_sizes": (8, 16, 24), "timing": timing, "passes": 2}
+    return SweepPlan(**{**defaults, **kw})
 
 
 def test_units_are_interleaved_and_shuffled_per_pass():
@@ -29,8 +31,8 @@ def test_units_are_interleaved_and_shuffled_per_pass():
     assert all(u.pass_index == 0 for u in first) and all(u.pass_index == 1 for u in second)
     assert [u.batch_size for u in first] != sorted(u.batch_size for u in first)
     assert [u.batch_size for u in first] != [u.batch_size for u in second]
-    assert [p.repeats_in_pass(i) for i in range(2)] == [2, 2]
-    assert [plan(repeats=5).repeats_in_pass(i) for i in range(2)] == [3, 2]
+    assert [p.timing_in_pass(i).repeats for i in range(2)] == [2, 2]
+    assert [plan(repeats=5).timing_in_pass(i).repeats for i in range(2)] == [3, 2]
 
 
 def test_plan_rejects_bad_values():
@@ -54,15 +56,27 @@ def test_sweep_merges_passes_and_records_oom_then_goes_on(tmp_path):
     oom_units = [k for k, r in records.items() if "oom" in r and k[1] == 4096]
     assert len(oom_units) == 2  # recorded once per mode, not retried in pass 2
     assert result.for_mode("inference")
-    # the alignment test's replicates are the passes, one mean rate each
+    # the alignment test's replicates are the passes, each pass's samples over its time
     rates = result.rates("train")
     assert set(rates) == {4, 8} and all(len(r) == 2 for r in rates.values())
-    expected = [r.samples_per_second.mean for r in _unit_measurements(tmp_path, 4)]
-    assert rates[4] == expected
+    units = _unit_measurements(tmp_path, 4)
+    expected = [m.samples_per_step * m.steps / sum(m.times) for m in units]
+    assert rates[4] == pytest.approx(expected)
+
+
+def test_every_pass_of_a_size_reuses_the_first_passes_block_length(tmp_path):
+    """Merged passes keep total samples / total time exact only if their blocks are alike."""
+    p = plan(batch_sizes=(2, 64), repeats=4, clock="blocked")
+    result = run_sweep(p, SweepLog.open(tmp_path, p, resume=False, machine=MACHINE))
+    for size in (2, 64):
+        blocks = {m.steps_per_sample for m in _unit_measurements(tmp_path, size)}
+        assert len(blocks) == 1
+    merged = {r.spec.batch_size: r.measurement for r in result.for_mode("train")}
+    assert merged[2].steps_per_sample > merged[64].steps_per_sample >= 1
 
 
 def _unit_measurements(out, size):
-    from b3core.measuring.runner import StepResult
+    from b3core.measuring.result import StepResult
 
     _, records = read_log(out / LOG_NAME)
     units = sorted((k, r) for k, r in records.items() if k[:2] == ("train", size) and "result" in r)
@@ -106,12 +120,8 @@ def test_corrupt_log_is_a_clear_error_but_a_cut_last_line_is_dropped(tmp_path):
 
 def test_cli_sweep_writes_outputs_and_reports_alignment(tmp_path, capsys):
     out = tmp_path / "s"
-    code = main(
-        [
-            *"sweep --model simple_cnn --batch-sizes 15-17 --repeats 4 --device cpu --out".split(),
-            str(out),
-        ]
-    )
+    argv = "sweep --model simple_cnn --batch-sizes 15-17 --repeats 4 --clock per-step --device cpu"
+    code = main([*argv.split(), "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0
     assert "Alignment" in printed and "power of 2" in printed and "Memory model" in printed
@@ -155,7 +165,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_results(tmp_path):
     args = [
         sys.executable,
         *"-m b3core.cli sweep --model simple_cnn --batch-sizes 48-63".split(),
-        *"--repeats 4 --passes 2 --device cpu --out".split(),
+        *"--repeats 4 --passes 2 --clock per-step --device cpu --out".split(),
         str(out),
     ]
     total = 16 * 2
@@ -182,9 +192,39 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_results(tmp_path):
     assert os.path.exists(out / "sweep.png")
 
 
-def test_cli_sweep_that_cannot_run_here_writes_nothing(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        ("--precision fp16", "fp16 is not supported on cpu"),
+        ("--model resnet_18", "unknown model 'resnet_18'"),
+        ("--model vit_b_16 --image-size 100", "multiple of 16"),
+    ],
+)
+def test_cli_sweep_that_cannot_run_here_writes_nothing(tmp_path, capsys, argv, fragment):
     out = tmp_path / "never"
-    argv = "sweep --batch-sizes 8 --precision fp16 --device cpu --out"
-    assert main([*argv.split(), str(out)]) == 2
-    assert "fp16 is not supported on cpu" in capsys.readouterr().err
+    args = ["sweep", "--batch-sizes", "8", "--device", "cpu", *argv.split(), "--out", str(out)]
+    assert main(args) == 2
+    assert fragment in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_sweep_log_of_b3_0_1_is_refused_in_one_line(capsys):
+    """The committed CPU sweep in docs/results was written by b3 0.1."""
+    old = Path(__file__).resolve().parents[1] / "docs" / "results" / "vm-cpu" / "sweep-b3-0.1"
+    assert main(["advise", "--sweep", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert "written by b3 0.1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_reports_are_written_once_at_the_end_not_between_units(tmp_path, monkeypatch, capsys):
+    """Presenting (tables, alignment tests, plots) never runs between timed units."""
+    import b3core.reports.sweep_report as sweep_report
+
+    writes = []
+    real = sweep_report.write_sweep_report
+    monkeypatch.setattr(
+        sweep_report, "write_sweep_report", lambda *a, **k: writes.append(1) or real(*a, **k)
+    )
+    argv = "sweep --batch-sizes 8,16 --repeats 4 --passes 2 --clock per-step --device cpu --out"
+    assert main([*argv.split(), str(tmp_path / "s")]) == 0
+    assert writes == [1]

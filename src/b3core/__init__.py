@@ -1,3 +1,35 @@
-"""b3core: the library behind b3, the Basic Batchsize Benchmark."""
+"""b3core: the library behind b3, the Basic Batchsize Benchmark.
 
-__version__ = "0.1.0"
+The public API, importable from the top (`from b3core import StepSpec, measure`). Names load
+on first use, so that the torch-free layers (the spec, saved results) stay torch-free.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.2.0"
+
+_PUBLIC = {
+    "StepSpec": "b3core.spec.step",
+    "Timing": "b3core.spec.step",
+    "B3Error": "b3core.errors",
+    "StepOutOfMemory": "b3core.errors",
+    "measure": "b3core.measuring.runner",
+    "run_guarded": "b3core.measuring.runner",
+    "prepare": "b3core.measuring.runner",
+    "StepResult": "b3core.measuring.result",
+    "Measurement": "b3core.measuring.stats",
+    "create_model": "b3core.workloads.models",
+    "list_models": "b3core.workloads.models",
+    "register_model": "b3core.workloads.models",
+    "load_benchmark_json": "b3core.reports.results",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'b3core' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

@@ -31,9 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)
-    except B3Error as exc:
+    except B3Error as exc:  # bad input (2), or a step that did not fit (StepOutOfMemory, 1)
         print(f"b3 {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"b3 {args.command}: interrupted", file=sys.stderr)
         return 130

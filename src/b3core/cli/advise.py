@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from b3core.errors import B3Error
+from b3core.studies.lr_rules import RULES
 
 from .options import (
     memory_size,
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive_int, default=None, help="the batch to advise on")
     p.add_argument("--base-lr", type=float, default=None, help="reference learning rate")
     p.add_argument("--base-batch", type=positive_int, default=128, help="its batch size")
-    p.add_argument("--lr-rule", choices=("linear", "sqrt"), default="linear")
+    p.add_argument("--lr-rule", choices=RULES, default=RULES[0])
     p.add_argument("--dataset-size", type=positive_int, default=None, help="for warm-up steps")
     p.add_argument(
         "--target-batch",

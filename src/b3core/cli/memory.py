@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import argparse
 
-from b3core.errors import B3Error
-from b3core.workloads.devices import resolve_device
-
-from .options import (
-    add_model_options,
+from b3core.cli.options import (
+    add_fields_as_options,
     batch_size_list,
     memory_size,
     positive_int,
     spec_from_args,
     write_json,
 )
+from b3core.errors import B3Error
+from b3core.spec.step import StepSpec
+
+# What is trained; the batch size is what these commands search or vary.
+NOT_OPTIONS = ("batch_size", "mode")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("find-max-batch", help="the largest batch whose training steps fit")
-    add_model_options(p)
+    add_fields_as_options(p, StepSpec, skip=NOT_OPTIONS, defaults={"model": "simple_cnn"})
     p.add_argument(
         "--memory-budget",
         type=memory_size,
@@ -41,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("memory", help="fit the memory model M(B) = fixed + per_sample * B")
     p.add_argument("--batch-sizes", "--batch_sizes", type=batch_size_list, default=[8, 16, 32, 64])
-    add_model_options(p)
+    add_fields_as_options(p, StepSpec, skip=NOT_OPTIONS, defaults={"model": "simple_cnn"})
     p.add_argument("--memory-budget", type=memory_size, default=None)
     p.add_argument("--isolate", action="store_true", help="each size in a fresh process")
     p.add_argument("--json", metavar="PATH")
@@ -58,9 +60,10 @@ def default_cpu_budget() -> int:
 def cmd_find_max_batch(args: argparse.Namespace) -> int:
     from b3core.measuring.machine import machine_record
     from b3core.studies.finder import find_max_batch, fit_memory_model
-    from b3core.studies.memory_model import analytic_fixed_memory, prediction_error
+    from b3core.studies.memory_model import prediction_error
+    from b3core.workloads.devices import resolve_device
 
-    spec = spec_from_args(args, args.start)
+    spec = spec_from_args(args, batch_size=args.start, mode="train")
     device = resolve_device(spec.device)
     budget = args.memory_budget
     if budget is None and device.type != "cuda":
@@ -71,7 +74,8 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
         + (f" within {budget / 2**20:.0f} MiB" if budget else ""),
         flush=True,
     )
-    fit = fit_memory_model(spec, args.fit_sizes, memory_budget=budget, isolate=args.isolate)
+    fitted = fit_memory_model(spec, args.fit_sizes, memory_budget=budget, isolate=args.isolate)
+    fit = fitted.fit if fitted else None
     target = budget or (
         machine_record()["gpus"][0]["memory_bytes"] if device.type == "cuda" else None
     )
@@ -103,7 +107,7 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
             f"{fit.per_sample_bytes / 2**20:.3f} MiB x B, from batches {list(fit.batch_sizes)}"
         )
         payload["memory_fit"] = fit.to_dict()
-        analytic = analytic_fixed_memory(spec.model, spec.optimizer, image_size=spec.image_size)
+        analytic = fitted.analytic
         payload["analytic_fixed_memory"] = analytic.to_dict()
         print(
             f"analytic fixed part: {analytic.total_bytes / 2**20:.1f} MiB "
@@ -124,13 +128,12 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
 
 def cmd_memory(args: argparse.Namespace) -> int:
     from b3core.studies.finder import fit_memory_model
-    from b3core.studies.memory_model import analytic_fixed_memory
 
-    spec = spec_from_args(args, args.batch_sizes[0])
-    fit = fit_memory_model(spec, args.batch_sizes, memory_budget=None, isolate=args.isolate)
-    if fit is None:
+    spec = spec_from_args(args, batch_size=args.batch_sizes[0], mode="train")
+    fitted = fit_memory_model(spec, args.batch_sizes, memory_budget=None, isolate=args.isolate)
+    if fitted is None:
         raise B3Error("too few batch sizes fitted in memory for a fit; try smaller ones")
-    analytic = analytic_fixed_memory(spec.model, spec.optimizer, image_size=spec.image_size)
+    fit, analytic = fitted.fit, fitted.analytic
     for size, peak in zip(fit.batch_sizes, fit.peak_bytes):
         print(f"  batch {size:>6}: peak {peak / 2**20:9.1f} MiB")
     print(

@@ -5,13 +5,13 @@ Bad values become argparse's one-line errors (exit code 2), never tracebacks."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 from b3core.errors import B3Error
 from b3core.spec.validate import parse_positive_int
-from b3core.workloads.devices import DEVICE_CHOICES, PRECISIONS, resolve_device
 
 
 def argument_type(parse: Callable[[str], object], name: str) -> Callable[[str], object]:
@@ -56,46 +56,61 @@ def write_json(path: str | Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    """What is trained: shared by step, sweep, find-max-batch and memory."""
-    p.add_argument("--model", default="simple_cnn", help="a registered model (see `b3 models`)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp16 uses a GradScaler")
-    p.add_argument(
-        "--accumulation-steps",
-        "--accumulation_steps",
-        type=positive_int,
-        default=1,
-        help="micro-batches of --batch-size per optimizer step",
-    )
-    p.add_argument(
-        "--image-size",
-        "--image_size",
-        type=positive_int,
-        default=None,
-        help="override the model's default input size",
-    )
-    p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
-    p.add_argument("--lr", "--learning-rate", "--learning_rate", type=float, default=5e-4)
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument(
-        "--compile", action="store_true", help="torch.compile (first call reported apart)"
-    )
-    p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)}")
-    add_cudnn_option(p)
+def _flags(flags: tuple[str, ...]) -> list[str]:
+    """Each dashed long flag with its underscore twin, as B3's own scripts spelled options."""
+    out = []
+    for flag in flags:
+        out.append(flag)
+        twin = "--" + flag[2:].replace("-", "_")
+        if twin != flag and not flag.startswith("--no-"):
+            out.append(twin)
+    return out
 
 
-def add_cudnn_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--no-cudnn-benchmark",
-        dest="cudnn_benchmark",
-        action="store_false",
-        help="keep cuDNN's autotuner off (it is on by default on CUDA)",
-    )
+def add_fields_as_options(
+    p: argparse.ArgumentParser,
+    cls,
+    *,
+    skip: tuple[str, ...] = (),
+    defaults: dict | None = None,
+    required: tuple[str, ...] = (),
+    aliases: dict[str, tuple[str, ...]] | None = None,
+) -> None:
+    """Options from a spec dataclass's fields (StepSpec, Timing): their flags, help, choices
+    and defaults are declared there, once."""
+    defaults, aliases = defaults or {}, aliases or {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip or "cli" not in f.metadata:
+            continue
+        cli = dict(f.metadata["cli"])
+        flags = _flags((*cli.pop("flags"), *aliases.get(f.name, ())))
+        parse = cli.pop("parse", None)
+        if parse is not None:
+            cli["type"] = argument_type(parse, "value")
+        if f.name in required:
+            cli["required"] = True
+        else:
+            default = defaults.get(f.name, f.default)
+            cli["default"] = None if default is dataclasses.MISSING else default
+        p.add_argument(*flags, dest=f.name, **cli)
 
 
-def add_timing_options(p: argparse.ArgumentParser, repeats_help: str = "timed steps") -> None:
-    p.add_argument("--repeats", type=positive_int, default=10, help=repeats_help)
-    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps first (>= 2)")
+def spec_from_args(args: argparse.Namespace, **overrides):
+    """The StepSpec the options describe, on the resolved device ("auto" becomes cpu, cuda, ...)."""
+    from b3core.spec.step import StepSpec
+    from b3core.workloads.devices import resolve_device
+
+    names = [f.name for f in dataclasses.fields(StepSpec) if hasattr(args, f.name)]
+    values = {**{name: getattr(args, name) for name in names}, **overrides}
+    values["device"] = str(resolve_device(values["device"]))
+    return StepSpec(**values)
+
+
+def timing_from_args(args: argparse.Namespace, **overrides):
+    from b3core.spec.step import Timing
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Timing)}
+    return Timing(**{**values, **overrides})
 
 
 def _memory_size(text: str) -> int:
@@ -114,22 +129,3 @@ memory_size = argument_type(_memory_size, "memory size")
 
 
 batch_size_list = argument_type(_batch_sizes, "batch sizes")
-
-
-def spec_from_args(args: argparse.Namespace, batch_size: int, inference: bool = False):
-    from b3core.measuring.runner import StepSpec
-
-    return StepSpec(
-        model=args.model,
-        batch_size=batch_size,
-        precision=args.precision,
-        accumulation_steps=args.accumulation_steps,
-        mode="inference" if inference else "train",
-        image_size=args.image_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        cudnn_benchmark=args.cudnn_benchmark,
-        device=str(resolve_device(args.device)),
-    )

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import (
-    add_model_options,
-    add_timing_options,
+from b3core.cli.options import (
+    add_fields_as_options,
     batch_size_list,
     memory_size,
     positive_int,
     spec_from_args,
+    timing_from_args,
 )
+from b3core.spec.step import StepSpec, Timing
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="e.g. 100,127,128,129 or 1-512 or 8-256:8",
     )
-    add_model_options(p)
-    add_timing_options(p, repeats_help="timed steps per batch size, over all passes")
+    add_fields_as_options(
+        p, StepSpec, skip=("batch_size", "mode"), defaults={"model": "simple_cnn"}
+    )
+    add_fields_as_options(p, Timing)
     p.add_argument(
         "--passes",
         type=positive_int,
@@ -46,22 +49,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from b3core.measuring.machine import machine_record
-    from b3core.measuring.runner import prepare_device
     from b3core.reports.sweep_report import render_sweep_summary, write_sweep_report
     from b3core.studies.sweep import SweepLog, SweepPlan, aggregate, run_sweep
+    from b3core.workloads.build import check_buildable
 
+    timing = timing_from_args(args)
     plan = SweepPlan(
-        base=spec_from_args(args, args.batch_sizes[0]),
+        base=spec_from_args(args, batch_size=args.batch_sizes[0], mode="train"),
         batch_sizes=tuple(args.batch_sizes),
-        repeats=args.repeats,
-        passes=args.passes or min(5, args.repeats),
-        warmup=args.warmup,
+        timing=timing,
+        passes=args.passes or min(5, timing.repeats),
         inference=args.inference,
         isolate=args.isolate,
         memory_budget=args.memory_budget,
         seed=args.seed,
     )
-    prepare_device(plan.base)  # a device or precision that cannot run fails before any file
+    check_buildable(plan.base)  # a model, device or precision that cannot run fails before files
     machine = machine_record()
     log = SweepLog.open(args.out, plan, resume=args.resume, machine=machine)
     total = len(plan.units())
@@ -78,21 +81,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def on_unit(unit, record) -> None:
         bar.set_postfix_str(f"{unit.mode} bs={unit.batch_size} pass {unit.pass_index + 1}")
         bar.update(1)
-        if record is not None:
-            write_sweep_report(args.out, aggregate(log.records.values()), machine, final=False)
 
+    # Each unit is appended to the log as it finishes; the reports are written once, at the end
+    # or on interrupt, so that no presenting happens between timed units.
     try:
         sweep = run_sweep(plan, log, on_unit=on_unit)
     except KeyboardInterrupt:
+        bar.close()
+        write_sweep_report(args.out, aggregate(log.records.values()), machine)
         print(
             f"b3 sweep: interrupted; {len(log.records)} of {total} units are saved in "
-            f"{log.path}; continue with --resume",
+            f"{log.path} (reports written from them); continue with --resume",
             file=sys.stderr,
         )
         return 130
     finally:
         bar.close()
-    written = write_sweep_report(args.out, sweep, machine, final=True)
+    written = write_sweep_report(args.out, sweep, machine)
     print(render_sweep_summary(sweep))
     print(f"\nwrote {', '.join(str(p) for p in written)} (raw units: {log.path})")
     return 0

@@ -1,7 +1,16 @@
-"""Device-correct clocks: every reading sees all the work queued before it."""
+"""Device-correct clocks: every reading sees all the work queued before it, and nothing queued
+before the bracket lands inside it.
+
+Two clocks share one bracket. The per-step clock brackets each step, which gives the latency
+distribution; on a GPU it also exposes kernel-launch latency that a real training loop hides
+behind the previous step's work. The blocked clock brackets k steps, so the device stays busy
+between them: the pipelined throughput that a training loop sees (torch.utils.benchmark times
+blocks for the same reason).
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -9,47 +18,53 @@ import torch
 
 from b3core.workloads.devices import synchronize
 
+# A block at least this long makes the bracket's own cost (two syncs, two events: tens of
+# microseconds) negligible against the steps inside it.
+MIN_BLOCK_SECONDS = 0.05
+MAX_BLOCK_STEPS = 1000
 
-def time_call(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds that one call of fn takes on the device, queued work included.
 
-    On CUDA, events bracket the call on the stream and the end event is waited for; elsewhere the
-    device is synchronised before each read of the host's monotonic clock.
+def time_block(fn: Callable[[], object], device: torch.device, calls: int = 1) -> float:
+    """Seconds that `calls` back-to-back calls of fn take on the device, queued work included.
+
+    On CUDA, events bracket the calls on the target device's current stream, and the end event
+    is waited for; elsewhere the device is synchronised before each read of the host's clock.
     """
+    synchronize(device)  # nothing from before may run inside the bracket
     if device.type == "cuda":
+        stream = torch.cuda.current_stream(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        synchronize(device)  # nothing from before may run inside the bracket
-        start.record()
-        fn()
-        end.record()
+        start.record(stream)
+        for _ in range(calls):
+            fn()
+        end.record(stream)
         end.synchronize()
         return start.elapsed_time(end) / 1000.0
-    synchronize(device)
     began = time.perf_counter()
-    fn()
+    for _ in range(calls):
+        fn()
     synchronize(device)
     return time.perf_counter() - began
 
 
-def synchronized(fn: Callable[[], object], device: torch.device) -> Callable[[], None]:
-    """fn, then a device sync: for outside timers (pytest-benchmark, asv) that read a host clock,
-    so that each timed call ends when the device's work does."""
+def block_steps_for(step_seconds: float) -> int:
+    """Steps per block so that a block lasts at least MIN_BLOCK_SECONDS."""
+    if not step_seconds > 0:
+        return 1
+    return max(1, min(MAX_BLOCK_STEPS, math.ceil(MIN_BLOCK_SECONDS / step_seconds)))
+
+
+def synced_every(fn: Callable[[], object], device: torch.device, k: int = 1) -> Callable[[], None]:
+    """fn, with a device sync after every k-th call: for outside timers (pytest-benchmark, asv)
+    that read a host clock around k calls, so that each reading ends when the device's work
+    does. k=1 is the per-step clock; k>1 the blocked clock."""
+    calls = 0
 
     def call() -> None:
+        nonlocal calls
         fn()
-        synchronize(device)
+        calls += 1
+        if calls % k == 0:
+            synchronize(device)
 
     return call
-
-
-def time_repeats(
-    fn: Callable[[], object], device: torch.device, *, repeats: int, warmup: int
-) -> tuple[list[float], list[float]]:
-    """Run `warmup` untimed calls, then time `repeats` calls; returns (warmup_times, times).
-
-    Warm-up calls are timed too, but only so that a first call's compile or autotune cost can be
-    reported apart; they never enter the statistics.
-    """
-    warmup_times = [time_call(fn, device) for _ in range(warmup)]
-    times = [time_call(fn, device) for _ in range(repeats)]
-    return warmup_times, times

@@ -1,7 +1,8 @@
 """Measuring in a fresh process: no allocator fragmentation or leaked tensors from earlier
 configurations, and a crash or OOM kill takes only the worker down.
 
-Run as `python -m b3core.measuring.isolation` with a JSON request on stdin; it answers one JSON line.
+Run as `python -m b3core.measuring.isolation` with a JSON request on stdin; it answers one
+JSON line. The worker measures through the same runner as every other harness.
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ import subprocess
 import sys
 
 from b3core.errors import B3Error, StepOutOfMemory
-from b3core.measuring.runner import StepResult, StepSpec, measure
+from b3core.measuring.result import StepResult
+from b3core.spec.step import StepSpec, Timing
 
 
 def measure_isolated(
-    spec: StepSpec, *, repeats: int, warmup: int, memory_budget: int | None = None, seed: int = 0
+    spec: StepSpec, timing: Timing, *, memory_budget: int | None = None, seed: int = 0
 ) -> StepResult:
     request = {
         "spec": spec.to_dict(),
-        "repeats": repeats,
-        "warmup": warmup,
+        "timing": timing.to_dict(),
         "memory_budget": memory_budget,
         "seed": seed,
     }
@@ -50,17 +51,24 @@ def measure_isolated(
     return StepResult.from_dict(answer["result"])
 
 
-def measure_maybe_isolated(spec: StepSpec, *, isolate: bool, **kwargs) -> StepResult:
-    return measure_isolated(spec, **kwargs) if isolate else measure(spec, **kwargs)
+def measure_maybe_isolated(
+    spec: StepSpec, timing: Timing, *, isolate: bool, memory_budget: int | None = None, seed=0
+) -> StepResult:
+    if isolate:
+        return measure_isolated(spec, timing, memory_budget=memory_budget, seed=seed)
+    from b3core.measuring.runner import measure
+
+    return measure(spec, timing, memory_budget=memory_budget, seed=seed)
 
 
 def _serve() -> int:
+    from b3core.measuring.runner import measure
+
     request = json.loads(sys.stdin.read())
     try:
         result = measure(
             StepSpec.from_dict(request["spec"]),
-            repeats=request["repeats"],
-            warmup=request["warmup"],
+            Timing.from_dict(request["timing"]),
             memory_budget=request.get("memory_budget"),
             seed=request.get("seed", 0),
         )

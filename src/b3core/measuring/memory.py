@@ -8,32 +8,15 @@ import os
 import re
 import resource
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from b3core.errors import B3Error, MemoryBudgetExceeded
+from b3core.measuring.result import PeakMemory
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
-@dataclass(frozen=True)
-class PeakMemory:
-    """Peak memory of one configuration, the number b3 compares and fits.
-
-    CUDA: the most bytes held by tensors at once (max_memory_allocated), with the allocator's
-    reserved peak beside it. CPU/MPS: how far the process's resident set rose above where it
-    stood before the configuration was built (the model, optimizer state, batch and activations).
-    """
-
-    peak_bytes: int
-    reserved_bytes: int | None
-    source: str
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def _proc_status_bytes(field: str) -> int | None:
@@ -118,13 +101,21 @@ def available_host_memory() -> int:
     return physical_memory()
 
 
+# How allocation failures read when they are not torch.OutOfMemoryError: the CPU allocator,
+# and cuBLAS or cuDNN failing to get their workspace on a full GPU.
+OOM_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, (torch.OutOfMemoryError, MemoryBudgetExceeded, MemoryError)):
         return True
     message = str(exc).lower()
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in message or "can't allocate memory" in message
-    )
+    return isinstance(exc, RuntimeError) and any(text in message for text in OOM_MESSAGES)
 
 
 def release_memory(device: torch.device) -> None:

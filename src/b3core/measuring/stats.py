@@ -1,4 +1,9 @@
-"""Statistics of repeated timings: raw values kept, everything else derived lazily."""
+"""Statistics of repeated timings: raw values kept, everything else derived lazily.
+
+Throughput is the ratio estimator, total samples / total time (as timm and MLPerf report it),
+never a mean of per-step rates: by Jensen's inequality that mean is biased upward whenever the
+step times vary. Quartiles are numpy's default (linear interpolation) everywhere in b3.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,12 @@ from functools import cached_property
 import numpy as np
 from scipy import stats as sps
 
+from b3core.spec.step import CLOCKS
+
 # torch.utils.benchmark's threshold for a noisy measurement.
 NOISY_IQR_FRACTION = 0.10
+QUARTILES = "linear interpolation (numpy's default)"
+BOOTSTRAP_RESAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -32,14 +41,8 @@ class Summary:
     def iqr(self) -> float:
         return self.q3 - self.q1
 
-    @property
-    def cv(self) -> float:
-        return self.sd / self.mean if self.mean else float("nan")
-
     def to_dict(self) -> dict[str, float]:
-        d = dict(self.__dict__)
-        d["iqr"] = self.iqr
-        return d
+        return {**self.__dict__, "iqr": self.iqr}
 
 
 def summarize(values: Sequence[float]) -> Summary:
@@ -50,9 +53,9 @@ def summarize(values: Sequence[float]) -> Summary:
     mean = float(x.mean())
     sd = float(x.std(ddof=1)) if x.size > 1 else float("nan")
     if x.size > 1 and sd > 0:
-        half = float(sps.t.ppf(0.975, x.size - 1) * sd / np.sqrt(x.size))
+        low, high = (float(v) for v in sps.t.interval(0.95, x.size - 1, mean, sps.sem(x)))
     else:
-        half = float("nan") if x.size < 2 else 0.0
+        low = high = float("nan") if x.size < 2 else mean
     q1, median, q3 = (float(v) for v in np.percentile(x, [25, 50, 75]))
     return Summary(
         n=int(x.size),
@@ -63,8 +66,8 @@ def summarize(values: Sequence[float]) -> Summary:
         q3=q3,
         min=float(x.min()),
         max=float(x.max()),
-        ci95_low=mean - half,
-        ci95_high=mean + half,
+        ci95_low=low,
+        ci95_high=high,
     )
 
 
@@ -79,23 +82,82 @@ def tukey_outliers(values: Sequence[float], k: float = 1.5) -> list[int]:
 
 
 @dataclass(frozen=True)
+class Throughput:
+    """Total samples / total time, with a 95% bootstrap interval over the timed samples."""
+
+    samples_per_s: float
+    ci95: tuple[float, float]
+    samples: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {
+            "samples_per_s": self.samples_per_s,
+            "ci95": list(self.ci95),
+            "samples": self.samples,
+            "seconds": self.seconds,
+            "estimator": "total samples / total time; 95% CI: percentile bootstrap over the "
+            "timed samples",
+        }
+
+
+def ratio_throughput(times: Sequence[float], samples_each: int, seed: int = 0) -> Throughput:
+    """Throughput of timed samples that each processed `samples_each` samples."""
+    t = np.asarray(times, dtype=float)
+    total = float(t.sum())
+    rate = samples_each * t.size / total
+    if t.size < 2 or np.ptp(t) == 0:
+        ci = (float("nan"), float("nan")) if t.size < 2 else (rate, rate)
+    else:
+        interval = sps.bootstrap(
+            (t,),
+            lambda x, axis: samples_each / np.mean(x, axis=axis),
+            vectorized=True,
+            n_resamples=BOOTSTRAP_RESAMPLES,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
+        ci = (float(interval.low), float(interval.high))
+    return Throughput(rate, ci, samples_each * int(t.size), total)
+
+
+@dataclass(frozen=True)
 class Measurement:
-    """Raw per-repeat times of one step (seconds), and what each step processed."""
+    """Raw times of one configuration, and what each timed sample covered.
+
+    `times` are seconds per timed sample: one step with the per-step clock, a block of
+    `steps_per_sample` steps with the blocked clock. Everything else is derived from them.
+    """
 
     times: tuple[float, ...]
     samples_per_step: int
+    steps_per_sample: int = 1
+    clock: str = "per-step"
+
+    def __post_init__(self) -> None:
+        if self.clock not in CLOCKS:
+            raise ValueError(f"unknown clock {self.clock!r}")
+
+    @cached_property
+    def step_times(self) -> tuple[float, ...]:
+        """Seconds per step: each sample's time over its steps (a block's mean step)."""
+        return tuple(t / self.steps_per_sample for t in self.times)
 
     @cached_property
     def time(self) -> Summary:
-        return summarize(self.times)
+        return summarize(self.step_times)
 
     @cached_property
-    def samples_per_second(self) -> Summary:
-        return summarize([self.samples_per_step / t for t in self.times])
+    def throughput(self) -> Throughput:
+        return ratio_throughput(self.times, self.samples_per_step * self.steps_per_sample)
 
-    @cached_property
-    def iterations_per_second(self) -> Summary:
-        return summarize([1.0 / t for t in self.times])
+    @property
+    def steps(self) -> int:
+        return len(self.times) * self.steps_per_sample
+
+    @property
+    def iterations_per_second(self) -> float:
+        return self.steps / sum(self.times)
 
     @cached_property
     def outliers(self) -> list[int]:
@@ -103,14 +165,14 @@ class Measurement:
 
     @cached_property
     def noisy(self) -> bool:
-        """IQR above torch.utils.benchmark's 10% of the median (with 3 or more repeats)."""
+        """IQR above torch.utils.benchmark's 10% of the median (with 3 or more samples)."""
         return len(self.times) >= 3 and self.time.iqr > NOISY_IQR_FRACTION * self.time.median
 
     @cached_property
     def warnings(self) -> list[str]:
         notes = []
         if len(self.times) < 3:
-            notes.append(f"only {len(self.times)} repeat(s): dispersion is not meaningful")
+            notes.append(f"only {len(self.times)} timed sample(s): dispersion is not meaningful")
         elif self.noisy:
             notes.append(
                 f"noisy: IQR is {self.time.iqr / self.time.median:.0%} of the median "
@@ -122,32 +184,36 @@ class Measurement:
 
     def to_dict(self) -> dict:
         return {
+            "clock": self.clock,
             "times_s": list(self.times),
+            "steps_per_sample": self.steps_per_sample,
             "samples_per_step": self.samples_per_step,
-            "time_s": self.time.to_dict(),
-            "samples_per_s": self.samples_per_second.to_dict(),
-            "iterations_per_s": self.iterations_per_second.to_dict(),
+            "step_time_s": self.time.to_dict(),
+            "quartiles": QUARTILES,
             "outliers": self.outliers,
             "warnings": self.warnings,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Measurement:
-        return cls(tuple(float(t) for t in d["times_s"]), int(d["samples_per_step"]))
+        """Raw fields only; b3 0.1 wrote per-step times without naming the clock."""
+        return cls(
+            tuple(float(t) for t in d["times_s"]),
+            int(d["samples_per_step"]),
+            int(d.get("steps_per_sample", 1)),
+            d.get("clock", "per-step"),
+        )
 
 
 def difference_ci(a: Sequence[float], b: Sequence[float], confidence: float = 0.95):
     """Welch's interval for mean(a) - mean(b); returns (diff, low, high, p_value)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     diff = float(a.mean() - b.mean())
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    se = float(np.sqrt(va + vb))
-    if se == 0:
+    if a.var(ddof=1) == 0 and b.var(ddof=1) == 0:
         return diff, diff, diff, (1.0 if diff == 0 else 0.0)
-    dof = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
-    half = float(sps.t.ppf(0.5 + confidence / 2, dof) * se)
-    p = float(2 * sps.t.sf(abs(diff) / se, dof))
-    return diff, diff - half, diff + half, p
+    test = sps.ttest_ind(a, b, equal_var=False)
+    interval = test.confidence_interval(confidence)
+    return diff, float(interval.low), float(interval.high), float(test.pvalue)
 
 
 def paired_ratio(numerator: Sequence[float], denominator: Sequence[float], seed: int = 0):
@@ -160,9 +226,9 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float], seed:
         (ratios,),
         np.median,
         confidence_level=0.95,
-        n_resamples=2000,
+        n_resamples=BOOTSTRAP_RESAMPLES,
         method="percentile",
-        random_state=seed,
+        rng=np.random.default_rng(seed),
     )
     interval = result.confidence_interval
     return float(np.median(ratios)), float(interval.low), float(interval.high)

@@ -11,6 +11,8 @@ from b3core.reports.plots import plot_batch_curves
 from b3core.reports.results import ResultSet, source_labels
 from b3core.reports.tables import comparison_frame, display_frame, results_frame, to_text
 
+RESULTS_TITLE = "Results (step time mean ± SD; samples/s = total samples / total time, 95% CI)"
+
 
 @dataclass(frozen=True)
 class WrittenReport:
@@ -27,9 +29,9 @@ def write_benchmark_report(sets: list[ResultSet], out_dir: str | Path) -> Writte
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sections = [("Results (mean ± SD over rounds)", display_frame(frame))]
+    sections = [(RESULTS_TITLE, display_frame(frame))]
     if len(sets) > 1:
-        sections.append((f"Median samples/s, compared with {labels[0]}", comparison_frame(frame)))
+        sections.append((f"Samples/s, compared with {labels[0]}", comparison_frame(frame)))
     markdown = "\n\n".join(f"## {title}\n\n{to_text(table)}" for title, table in sections)
     html = "\n".join(f"<h2>{title}</h2>\n{table.to_html(index=False)}" for title, table in sections)
     paths = [out / "report.md", out / "report.csv", out / "report.html"]

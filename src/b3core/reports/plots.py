@@ -48,11 +48,11 @@ def plot_batch_curves(
     fig, axes = plt.subplots(panels, 1, figsize=(9, 3.2 * panels), sharex=True)
     rate_ax, time_ax = axes[0], axes[1]
     for label, g in _series(frame):
-        low = g["samples_per_s_mean"] - g["samples_per_s_ci95_low"]
-        high = g["samples_per_s_ci95_high"] - g["samples_per_s_mean"]
+        low = g["samples_per_s"] - g["samples_per_s_ci95_low"]
+        high = g["samples_per_s_ci95_high"] - g["samples_per_s"]
         rate_ax.errorbar(
             g["batch"],
-            g["samples_per_s_mean"],
+            g["samples_per_s"],
             yerr=[low.fillna(0), high.fillna(0)],
             marker="o",
             markersize=3,
@@ -68,7 +68,7 @@ def plot_batch_curves(
             capsize=2,
             label=label,
         )
-    rate_ax.set_ylabel("samples/s (mean, 95% CI)")
+    rate_ax.set_ylabel("samples/s (total / time, 95% CI)")
     time_ax.set_ylabel("step time, ms (mean ± SD)")
     if memory_fit is not None:
         mem_ax = axes[2]
@@ -78,7 +78,7 @@ def plot_batch_curves(
         mem_ax.plot(xs, (fixed + per_sample * xs) / 2**20, "-", label="fit a + b·B")
         mem_ax.set_ylabel("peak memory, MiB")
         mem_ax.legend(fontsize=7)
-    for ax, column in ((rate_ax, "samples_per_s_mean"), (time_ax, "step_ms_mean")):
+    for ax, column in ((rate_ax, "samples_per_s"), (time_ax, "step_ms_mean")):
         values = frame[column][frame[column] > 0]
         if not values.empty and values.max() / values.min() > 20:
             ax.set_yscale("log")  # models of very different speed share the figure

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from b3core.errors import B3Error
-from b3core.measuring.memory import PeakMemory
-from b3core.measuring.runner import StepResult, StepSpec
+from b3core.measuring.result import PeakMemory, StepResult
 from b3core.measuring.stats import Measurement
+from b3core.spec.step import StepSpec
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,11 @@ class ResultSet:
 
 def _result_from_benchmark(record: dict) -> StepResult | None:
     info = record.get("extra_info") or {}
+    if "b3_result" in info:
+        return StepResult.from_dict(info["b3_result"])
     if "b3_spec" not in info:
         return None  # a benchmark that is not a b3 case (the overhead check, say)
+    # b3 0.1 kept the raw per-step times flat in extra_info
     return StepResult(
         StepSpec.from_dict(info["b3_spec"]),
         Measurement(tuple(float(t) for t in info["times_s"]), int(info["samples_per_step"])),
@@ -33,7 +36,6 @@ def _result_from_benchmark(record: dict) -> StepResult | None:
             info.get("peak_memory_reserved_bytes"),
             info.get("peak_memory_source", "unknown"),
         ),
-        float("nan"),
         info.get("device_name", "unknown"),
     )
 
@@ -51,7 +53,7 @@ def load_benchmark_json(path: str | Path) -> ResultSet:
         raise B3Error(f"results file {str(path)!r} is not pytest-benchmark JSON (no 'benchmarks')")
     try:
         results = [r for r in map(_result_from_benchmark, data["benchmarks"]) if r is not None]
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, B3Error) as exc:
         raise B3Error(f"results file {str(path)!r} is corrupt: bad b3 record ({exc!r})") from None
     if not results:
         raise B3Error(f"results file {str(path)!r} holds no b3 benchmark results")

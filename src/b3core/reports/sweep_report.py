@@ -1,5 +1,5 @@
-"""What a sweep leaves behind: CSV and JSON rewritten after every unit, the plot at the end, and
-the text summary. Reads results; never measures."""
+"""What a sweep leaves behind: CSV, JSON and the plot, written once at the end (or on interrupt),
+and the text summary. Pure functions of saved results: nothing here measures or builds a model."""
 
 from __future__ import annotations
 
@@ -37,13 +37,13 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def analytic_memory(sweep: SweepResult) -> AnalyticMemory | None:
-    """Weights + gradients + optimizer state of the swept model: what the fit's fixed part
-    should come near (on CUDA; on CPU the process's other growth adds to it)."""
-    train = sweep.for_mode("train")
+    """Weights + gradients + optimizer state of the swept model, from the parameter count its
+    results recorded: what the fit's fixed part should come near (on CUDA; on CPU the process's
+    other growth adds to it)."""
+    train = [r for r in sweep.for_mode("train") if r.workload]
     if not train:
         return None
-    spec = train[0].spec
-    return analytic_fixed_memory(spec.model, spec.optimizer, image_size=spec.image_size)
+    return analytic_fixed_memory(train[0].workload.parameters, train[0].spec.optimizer)
 
 
 def alignment_verdicts(sweep: SweepResult, comparisons) -> dict[str, str]:
@@ -74,9 +74,7 @@ def sweep_summary_dict(sweep: SweepResult, machine: dict) -> dict:
     }
 
 
-def write_sweep_report(
-    out_dir: str | Path, sweep: SweepResult, machine: dict, *, final: bool
-) -> list[Path]:
+def write_sweep_report(out_dir: str | Path, sweep: SweepResult, machine: dict) -> list[Path]:
     out = Path(out_dir)
     csv_path, json_path = out / "sweep.csv", out / "sweep.json"
     _atomic_write(csv_path, sweep_frame(sweep).to_csv(index=False))
@@ -85,7 +83,7 @@ def write_sweep_report(
     )
     written = [csv_path, json_path]
     frame = results_frame(sweep.results)
-    if final and not frame.empty:
+    if not frame.empty:
         fit = sweep.memory_fit("train")
         memory = (fit.fixed_bytes, fit.per_sample_bytes) if fit else None
         written.append(
@@ -115,12 +113,16 @@ def render_sweep_summary(sweep: SweepResult) -> str:
     parts.append(verdicts["power of 2"])
     if any(c.kind == "multiple of 8" for c in comparisons):
         parts.append(verdicts["multiple of 8"])
-    fit = sweep.memory_fit("train")
+    fit, analytic = sweep.memory_fit("train"), analytic_memory(sweep)
     if fit:
-        parts.append(
+        line = (
             f"Memory model: M(B) = {fit.fixed_bytes / 2**20:.1f} MiB + "
-            f"{fit.per_sample_bytes / 2**20:.3f} MiB x B (R² = {fit.r_squared:.3f}); "
-            f"weights, gradients and optimizer state come to "
-            f"{analytic_memory(sweep).total_bytes / 2**20:.1f} MiB"
+            f"{fit.per_sample_bytes / 2**20:.3f} MiB x B (R² = {fit.r_squared:.3f})"
         )
+        if analytic:
+            line += (
+                f"; weights, gradients and optimizer state come to "
+                f"{analytic.total_bytes / 2**20:.1f} MiB"
+            )
+        parts.append(line)
     return "\n\n".join(parts)

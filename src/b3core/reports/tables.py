@@ -7,8 +7,8 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from b3core.measuring.runner import StepResult
-from b3core.measuring.stats import Measurement, Summary
+from b3core.measuring.result import StepResult
+from b3core.measuring.stats import QUARTILES, Measurement, Summary, Throughput
 from b3core.studies.experiment import ExperimentResult
 
 MiB = 2**20
@@ -42,12 +42,25 @@ def _pm(mean: float, sd: float) -> str:
     return f"{mean:.{decimals}f} ± {sd:.{decimals}f}"
 
 
+def rate_text(value: float) -> str:
+    """Four significant digits, never in exponent form: 0.2345, 23.45, 2345, 23450."""
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def with_ci(rate: Throughput) -> str:
+    """'141 (126 to 160)': the ratio estimate with its 95% interval."""
+    low, high = rate.ci95
+    if math.isnan(low):
+        return rate_text(rate.samples_per_s)
+    return f"{rate_text(rate.samples_per_s)} ({rate_text(low)} to {rate_text(high)})"
+
+
 def results_frame(results: Iterable[StepResult], source: str | None = None) -> pd.DataFrame:
     """One numeric row per configuration: what CSV files and plots are made from."""
     rows = []
     for r in results:
         m, s = r.measurement, r.spec
-        rate = m.samples_per_second
+        rate = m.throughput
         rows.append(
             {
                 "source": source,
@@ -56,24 +69,25 @@ def results_frame(results: Iterable[StepResult], source: str | None = None) -> p
                 "batch": s.batch_size,
                 "precision": s.precision,
                 "accum": s.accumulation_steps,
-                "image_size": s.resolved_image_size,
+                "input_shape": "x".join(map(str, r.workload.input_shape)) if r.workload else "",
                 "samples_per_step": s.samples_per_step,
+                "clock": m.clock,
+                "steps_per_sample": m.steps_per_sample,
                 "step_ms_mean": m.time.mean * 1e3,
                 "step_ms_sd": m.time.sd * 1e3,
                 "step_ms_median": m.time.median * 1e3,
                 "step_ms_iqr": m.time.iqr * 1e3,
                 "step_ms_ci95_low": m.time.ci95_low * 1e3,
                 "step_ms_ci95_high": m.time.ci95_high * 1e3,
-                "samples_per_s_mean": rate.mean,
-                "samples_per_s_sd": rate.sd,
-                "samples_per_s_median": rate.median,
-                "samples_per_s_ci95_low": rate.ci95_low,
-                "samples_per_s_ci95_high": rate.ci95_high,
+                "samples_per_s": rate.samples_per_s,
+                "samples_per_s_ci95_low": rate.ci95[0],
+                "samples_per_s_ci95_high": rate.ci95[1],
                 "peak_mib": r.memory.peak_bytes / MiB,
                 "memory_source": r.memory.source,
                 "n": m.time.n,
                 "outliers": len(m.outliers),
-                "notes": short_notes(m),
+                "skipped_steps": r.skipped_steps,
+                "notes": short_notes(r),
                 "device": r.device_name,
             }
         )
@@ -100,11 +114,19 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
                 _pm(mean, sd) for mean, sd in zip(frame["step_ms_mean"], frame["step_ms_sd"])
             ],
             "step ms (median)": frame["step_ms_median"].map(lambda v: f"{v:.4g}"),
-            "samples/s (mean ± SD)": [
-                _pm(mean, sd)
-                for mean, sd in zip(frame["samples_per_s_mean"], frame["samples_per_s_sd"])
+            "samples/s (95% CI)": [
+                with_ci(Throughput(rate, (low, high), 0, 0.0))
+                for rate, low, high in zip(
+                    frame["samples_per_s"],
+                    frame["samples_per_s_ci95_low"],
+                    frame["samples_per_s_ci95_high"],
+                )
             ],
             "peak MiB": frame["peak_mib"].round().astype(int),
+            "clock": [
+                clock if k == 1 else f"{clock} ({k} steps)"
+                for clock, k in zip(frame["clock"], frame["steps_per_sample"])
+            ],
             "n": frame["n"],
             "notes": frame["notes"],
         }
@@ -119,12 +141,12 @@ def step_rows(results: Iterable[StepResult]) -> pd.DataFrame:
 
 
 def comparison_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Median samples/s per configuration and source, with each source's ratio to the first."""
+    """Samples/s per configuration and source, with each source's ratio to the first."""
     keys = ["model", "mode", "precision", "accum", "batch"]
     sources = list(dict.fromkeys(frame["source"]))
-    wide = frame.pivot_table(
-        index=keys, columns="source", values="samples_per_s_median", aggfunc="first"
-    )[sources]
+    wide = frame.pivot_table(index=keys, columns="source", values="samples_per_s", aggfunc="first")[
+        sources
+    ]
     wide.columns = [f"{s} samples/s" for s in sources]
     wide = wide.round(1)
     base = wide.iloc[:, 0]
@@ -133,56 +155,86 @@ def comparison_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index()
 
 
-def short_notes(m: Measurement) -> str:
-    """Table-sized flags: dispersion above torch.utils.benchmark's 10% and Tukey outliers."""
+def short_notes(r: StepResult) -> str:
+    """Table-sized flags: dispersion above torch.utils.benchmark's 10%, Tukey outliers, and
+    optimizer updates that GradScaler skipped inside the clock."""
+    m: Measurement = r.measurement
     notes = []
     if m.noisy:
         notes.append(f"noisy (IQR {m.time.iqr / m.time.median:.0%} of median)")
     if m.outliers:
         notes.append(f"{len(m.outliers)} outlier(s)")
+    if r.skipped_steps:
+        notes.append(f"{r.skipped_steps} skipped update(s)")
+    if r.warmup and not r.warmup.settled:
+        notes.append("not settled")
     return ", ".join(notes)
+
+
+def describe_clock(m: Measurement) -> str:
+    if m.clock == "per-step":
+        return f"per-step: {len(m.times)} steps, the device synced before and after each"
+    return (
+        f"blocked: {len(m.times)} blocks of {m.steps_per_sample} step(s), the device synced "
+        "only at each block's ends"
+    )
 
 
 def describe_step_result(r: StepResult) -> str:
     m = r.measurement
-    t = m.time
+    t, rate = m.time, m.throughput
+    warm = r.warmup
     lines = [
         f"{r.spec.label} on {r.device_name}",
+        f"  clock         {describe_clock(m)}",
         f"  step time     {plus_minus(t, 1e-3)} ms  (median {t.median * 1e3:.4g} ms, "
         f"IQR {t.iqr * 1e3:.4g} ms, 95% CI {t.ci95_low * 1e3:.4g} to {t.ci95_high * 1e3:.4g} ms, "
         f"n={t.n})",
-        f"  samples/s     {plus_minus(m.samples_per_second)}  "
-        f"({r.spec.samples_per_step} samples per step)",
-        f"  iterations/s  {plus_minus(m.iterations_per_second)}",
+        f"  samples/s     {with_ci(rate)}  (95% CI; {rate.samples} samples in "
+        f"{format_time(rate.seconds)}, {r.spec.samples_per_step} per step)",
+        f"  iterations/s  {rate_text(m.iterations_per_second)}",
         f"  peak memory   {r.memory.peak_bytes / MiB:.0f} MiB ({r.memory.source})",
-        f"  first call    {format_time(r.first_call_s)} "
-        + (
-            "(torch.compile's compilation included; not in the statistics)"
-            if r.spec.compile
-            else "(warm-up, not in the statistics)"
-        ),
     ]
-    lines += [f"  warning: {w}" for w in m.warnings]
+    train = r.spec.mode == "train"
+    if warm:
+        what = "cuDNN autotuning, allocator growth" + (", optimizer state" if train else "")
+        if r.spec.compile:
+            what = "torch.compile's compilation included"
+        lines.append(
+            f"  warm-up       {warm.steps} steps, not in the statistics; first step "
+            f"{format_time(warm.first_call_s)} ({what})"
+            + (
+                f"; {warm.skipped_updates} update(s) skipped by GradScaler"
+                if warm.skipped_updates
+                else ""
+            )
+        )
+    if train:
+        lines.append(
+            f"  skipped steps {r.skipped_steps} (optimizer updates that GradScaler skipped inside "
+            "the clock)"
+        )
+    lines += [f"  warning: {w}" for w in r.warnings]
     return "\n".join(lines)
 
 
 def experiment_rows(result: ExperimentResult) -> pd.DataFrame:
     """B3's results table: train, inference and combined time, plus what each phase processed."""
-    cfg = result.config
+    cfg, step = result.config, result.config.step
     return pd.DataFrame(
         [
             {
-                "model": cfg.model,
-                "batch": cfg.batch_size,
-                "precision": cfg.precision,
+                "model": step.model,
+                "batch": step.batch_size,
+                "precision": step.precision,
                 "epochs": cfg.num_epochs,
                 "train s": plus_minus(result.seconds("train")),
                 "inference s": plus_minus(result.seconds("inference")),
                 "combined s": plus_minus(result.seconds("combined")),
                 "train samples": result.samples("train"),
-                "train samples/s": plus_minus(result.samples_per_second("train")),
+                "train samples/s (95% CI)": with_ci(result.throughput("train")),
                 "inference samples": result.samples("inference"),
-                "inference samples/s": plus_minus(result.samples_per_second("inference")),
+                "inference samples/s (95% CI)": with_ci(result.throughput("inference")),
                 "runs": len(result.runs),
             }
         ]
@@ -191,3 +243,9 @@ def experiment_rows(result: ExperimentResult) -> pd.DataFrame:
 
 def to_text(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False)
+
+
+QUARTILE_NOTE = (
+    f"b3's IQR uses quartiles by {QUARTILES}; pytest-benchmark's IQR column uses its own "
+    "quartile rule, so the two can differ on the same rounds"
+)

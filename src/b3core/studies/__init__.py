@@ -1,1 +1,2 @@
-"""Studies built on the runner: sweeps, the finder, the memory model, alignment, advice, B3's experiment."""
+"""Studies built on the runner: sweeps, the finder, the memory model, alignment, advice, and
+B3's experiment."""

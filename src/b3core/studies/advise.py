@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from b3core.studies.lr_rules import accumulation_for, scale_lr, warmup_steps
 from b3core.studies.memory_model import MemoryFit
 from b3core.studies.sweep import SweepResult
-from b3core.workloads.models import create_model, has_batch_dependent_layers
 
 NEAR_BEST = 0.95
 
@@ -43,7 +42,7 @@ class Advice:
 
         rate = show(self.fastest_samples_per_s, "{:.1f} samples/s")
         rows = [
-            ("fastest batch (highest median samples/s)", f"{show(self.fastest_batch)} ({rate})"),
+            ("fastest batch (highest samples/s)", f"{show(self.fastest_batch)} ({rate})"),
             (
                 f"smallest batch within {100 - NEAR_BEST * 100:.0f}% of that",
                 show(self.smallest_near_best),
@@ -96,20 +95,19 @@ def advise(
         for r in sweep.for_mode("train")
         if largest_safe is None or r.spec.batch_size <= largest_safe
     ]
-    fastest = max(measured, key=lambda r: r.measurement.samples_per_second.median, default=None)
+
+    def rate(r) -> float:
+        return r.measurement.throughput.samples_per_s
+
+    fastest = max(measured, key=rate, default=None)
     near = None
     if fastest is not None:
-        best = fastest.measurement.samples_per_second.median
-        near = min(
-            r.spec.batch_size
-            for r in measured
-            if r.measurement.samples_per_second.median >= NEAR_BEST * best
-        )
+        near = min(r.spec.batch_size for r in measured if rate(r) >= NEAR_BEST * rate(fastest))
     chosen = batch or (fastest.spec.batch_size if fastest else None)
 
     advice = dict(
         fastest_batch=fastest.spec.batch_size if fastest else None,
-        fastest_samples_per_s=fastest.measurement.samples_per_second.median if fastest else None,
+        fastest_samples_per_s=rate(fastest) if fastest else None,
         smallest_near_best=near,
         largest_safe=largest_safe,
         largest_safe_source=source,
@@ -120,10 +118,12 @@ def advise(
         k, effective = accumulation_for(target_batch, chosen)
         advice.update(target_batch=target_batch, accumulation_steps=k, effective_batch=effective)
         lr_batch = effective  # the optimizer sees the effective batch
-        model = sweep.for_mode("train")[0].spec.model if sweep.for_mode("train") else None
-        if k > 1 and model and has_batch_dependent_layers(create_model(model)):
+        train = sweep.for_mode("train")
+        workload = train[0].workload if train else None
+        if k > 1 and workload and workload.batch_dependent_layers:
             advice["accumulation_note"] = (
-                f"{model} has BatchNorm, which sees only the micro-batch of {chosen}: "
+                f"{train[0].spec.model} has BatchNorm, which sees only the micro-batch of "
+                f"{chosen}: "
                 f"accumulating to {effective} is not identical to a true batch of {effective}"
             )
     if lr is not None and lr_batch:

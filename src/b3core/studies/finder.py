@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 from b3core.errors import B3Error, StepOutOfMemory
 from b3core.measuring.isolation import measure_maybe_isolated
-from b3core.measuring.runner import MIN_WARMUP, StepSpec
-from b3core.studies.memory_model import MemoryFit, fit_memory
+from b3core.measuring.result import StepResult
+from b3core.spec.step import MIN_WARMUP, StepSpec, Timing
+from b3core.studies.memory_model import FittedMemory, analytic_fixed_memory, fit_memory
 
 DEFAULT_SAFETY_MARGIN = 0.10
 
@@ -58,23 +59,22 @@ class FindMaxResult:
         }
 
 
-def training_peak_bytes(
+def training_probe(
     spec: StepSpec,
     batch: int,
     *,
     isolate: bool,
     memory_budget: int | None,
     steps: int = MIN_WARMUP,
-) -> int:
-    """Peak memory of `steps` full training steps at `batch`; StepOutOfMemory if they do not fit."""
-    measured = measure_maybe_isolated(
+) -> StepResult:
+    """`steps` full training steps and one more at `batch`, with their peak memory;
+    StepOutOfMemory if they do not fit."""
+    return measure_maybe_isolated(
         spec.replace(batch_size=batch, mode="train"),
+        Timing(repeats=1, warmup=steps, clock="per-step"),
         isolate=isolate,
-        repeats=1,
-        warmup=steps,
         memory_budget=memory_budget,
     )
-    return measured.memory.peak_bytes
 
 
 def find_max_batch(
@@ -100,9 +100,9 @@ def find_max_batch(
             return known[batch]
         began = time.perf_counter()
         try:
-            peak = training_peak_bytes(
+            peak = training_probe(
                 result.spec, batch, isolate=isolate, memory_budget=memory_budget, steps=steps
-            )
+            ).memory.peak_bytes
             probe = Probe(batch, True, peak, "", time.perf_counter() - began)
         except StepOutOfMemory as oom:
             probe = Probe(batch, False, None, oom.reason, time.perf_counter() - began)
@@ -149,21 +149,23 @@ def find_max_batch(
 
 def fit_memory_model(
     spec: StepSpec, batch_sizes, *, memory_budget: int | None, isolate: bool = False
-) -> MemoryFit | None:
+) -> FittedMemory | None:
     """Peak memory of full training steps at a few sizes, and the line through them. Sizes that
     do not fit are left out; None when fewer than two fit."""
 
-    def peak_or_none(size: int) -> int | None:
+    def probe_or_none(size: int) -> StepResult | None:
         try:
-            return training_peak_bytes(spec, size, isolate=isolate, memory_budget=memory_budget)
+            return training_probe(spec, size, isolate=isolate, memory_budget=memory_budget)
         except StepOutOfMemory:
             return None
 
     if not isolate:
         # The first configuration in a process also pays one-time costs (kernel caches, thread
         # pools) that no later batch size pays again: spend them on a discarded run.
-        peak_or_none(min(batch_sizes))
-    fitted = [(size, peak) for size in batch_sizes if (peak := peak_or_none(size)) is not None]
-    if len({size for size, _ in fitted}) < 2:
+        probe_or_none(min(batch_sizes))
+    probes = [(size, probe) for size in batch_sizes if (probe := probe_or_none(size)) is not None]
+    if len({size for size, _ in probes}) < 2:
         return None
-    return fit_memory([size for size, _ in fitted], [peak for _, peak in fitted])
+    fit = fit_memory([size for size, _ in probes], [p.memory.peak_bytes for _, p in probes])
+    parameters = probes[0][1].workload.parameters
+    return FittedMemory(fit, analytic_fixed_memory(parameters, spec.optimizer))

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-from b3core.workloads.models import count_parameters, create_model
-
 # Extra fp32 tensors per parameter that each optimizer keeps (Adam: two moments; SGD: momentum).
 OPTIMIZER_STATES = {"adam": 2, "sgd": 1}
 FP32_BYTES = 4
@@ -70,14 +68,22 @@ class AnalyticMemory:
         return {**self.__dict__, "total_bytes": self.total_bytes}
 
 
-def analytic_fixed_memory(model: str, optimizer: str = "adam", **model_kwargs) -> AnalyticMemory:
-    n = count_parameters(create_model(model, **model_kwargs))
+def analytic_fixed_memory(parameters: int, optimizer: str = "adam") -> AnalyticMemory:
+    """From the parameter count that every result records: no model is built here."""
     return AnalyticMemory(
-        parameters=n,
-        parameter_bytes=n * FP32_BYTES,
-        gradient_bytes=n * FP32_BYTES,
-        optimizer_state_bytes=n * FP32_BYTES * OPTIMIZER_STATES[optimizer],
+        parameters=parameters,
+        parameter_bytes=parameters * FP32_BYTES,
+        gradient_bytes=parameters * FP32_BYTES,
+        optimizer_state_bytes=parameters * FP32_BYTES * OPTIMIZER_STATES[optimizer],
     )
+
+
+@dataclass(frozen=True)
+class FittedMemory:
+    """A fit of measured peaks, beside what weights, gradients and optimizer state must take."""
+
+    fit: MemoryFit
+    analytic: AnalyticMemory
 
 
 def prediction_error(predicted: int, actual: int) -> float:

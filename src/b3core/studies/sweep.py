@@ -17,12 +17,13 @@ from pathlib import Path
 
 from b3core.errors import B3Error, StepOutOfMemory
 from b3core.measuring.isolation import measure_maybe_isolated
-from b3core.measuring.runner import MIN_WARMUP, StepResult, StepSpec, require_warmup
+from b3core.measuring.result import StepResult
 from b3core.measuring.stats import Measurement
+from b3core.spec.step import StepSpec, Timing
 from b3core.studies.memory_model import MemoryFit, fit_memory
 
 LOG_NAME = "sweep.jsonl"
-LOG_FORMAT = 1
+LOG_FORMAT = 2  # 1: b3 0.1, whose results lack the clock, the warm-up and the workload
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,8 @@ class Unit:
 class SweepPlan:
     base: StepSpec
     batch_sizes: tuple[int, ...]
-    repeats: int = 10
+    timing: Timing = Timing()  # its repeats are spread over the passes
     passes: int = 5
-    warmup: int = MIN_WARMUP
     inference: bool = False
     isolate: bool = False
     memory_budget: int | None = None
@@ -53,12 +53,11 @@ class SweepPlan:
             raise B3Error("a sweep needs at least one batch size")
         if min(self.batch_sizes) < 1:
             raise B3Error(f"batch sizes must be positive, got {min(self.batch_sizes)}")
-        if self.passes < 1 or self.repeats < self.passes:
+        if self.passes < 1 or self.timing.repeats < self.passes:
             raise B3Error(
-                f"need passes >= 1 and repeats >= passes, got {self.repeats} repeats "
+                f"need passes >= 1 and repeats >= passes, got {self.timing.repeats} repeats "
                 f"in {self.passes} passes"
             )
-        require_warmup(self.warmup)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -72,9 +71,9 @@ class SweepPlan:
             order += units
         return order
 
-    def repeats_in_pass(self, pass_index: int) -> int:
-        base, extra = divmod(self.repeats, self.passes)
-        return base + (1 if pass_index < extra else 0)
+    def timing_in_pass(self, pass_index: int) -> Timing:
+        base, extra = divmod(self.timing.repeats, self.passes)
+        return self.timing.replace(repeats=base + (1 if pass_index < extra else 0))
 
     def spec_for(self, unit: Unit) -> StepSpec:
         acc = self.base.accumulation_steps if unit.mode == "train" else 1
@@ -87,9 +86,8 @@ class SweepPlan:
         return {
             "base": base,
             "batch_sizes": list(self.batch_sizes),
-            "repeats": self.repeats,
+            "timing": self.timing.to_dict(),
             "passes": self.passes,
-            "warmup": self.warmup,
             "inference": self.inference,
             "seed": self.seed,
         }
@@ -146,10 +144,10 @@ class SweepLog:
 
 
 def _with_current_defaults(identity: dict) -> dict:
-    """A logged plan with fields added to StepSpec since then filled with their defaults."""
+    """A logged plan with fields added to StepSpec or Timing since then at their defaults."""
     base = StepSpec.from_dict({**identity["base"], "batch_size": 1}).to_dict()
     base.pop("batch_size")
-    return {**identity, "base": base}
+    return {**identity, "base": base, "timing": Timing.from_dict(identity["timing"]).to_dict()}
 
 
 def read_log(path: str | Path) -> tuple[dict, dict[tuple, dict]]:
@@ -168,6 +166,11 @@ def read_log(path: str | Path) -> tuple[dict, dict[tuple, dict]]:
     lines = [line for line in lines if line.strip()]
     try:
         header = json.loads(lines[0])
+        if header.get("b3_sweep") == 1:
+            raise B3Error(
+                f"sweep log {path} was written by b3 0.1, whose results lack the clock, the "
+                "warm-up and the workload: run the sweep again into a new --out"
+            )
         if header.get("b3_sweep") != LOG_FORMAT or "plan" not in header:
             raise ValueError("not a b3 sweep log header")
         records = {}
@@ -198,7 +201,8 @@ class SweepResult:
         )
 
     def rates(self, mode: str = "train") -> dict[int, list[float]]:
-        """Mean samples/s of each pass, per size: the replicates for the alignment tests. Steps
+        """Samples/s of each pass (its samples over its time), per size: the replicates for the
+        alignment tests. Steps
         within one pass share that moment's machine state, so they are not independent; the
         passes, each in its own shuffled order, are."""
         return {size: rates for (m, size), rates in sorted(self.pass_rates.items()) if m == mode}
@@ -208,6 +212,16 @@ class SweepResult:
         if len(runs) < 2:
             return None
         return fit_memory([r.spec.batch_size for r in runs], [r.memory.peak_bytes for r in runs])
+
+
+def merge_measurements(parts: list[Measurement]) -> Measurement:
+    """All passes' timed samples as one measurement (run_sweep gives every pass of a size the
+    same block length, so that the ratio estimator stays exact)."""
+    first = parts[0]
+    if any(p.steps_per_sample != first.steps_per_sample or p.clock != first.clock for p in parts):
+        raise ValueError("passes of one batch size were timed with different blocks")
+    times = tuple(t for p in parts for t in p.times)
+    return Measurement(times, first.samples_per_step, first.steps_per_sample, first.clock)
 
 
 def aggregate(records: Iterable[dict]) -> SweepResult:
@@ -223,16 +237,17 @@ def aggregate(records: Iterable[dict]) -> SweepResult:
             result.failures[key] = ooms[0]
             continue
         first = measured[0]
-        result.pass_rates[key] = [r.measurement.samples_per_second.mean for r in measured]
-        times = tuple(t for r in measured for t in r.measurement.times)
+        result.pass_rates[key] = [r.measurement.throughput.samples_per_s for r in measured]
         peak = max((r.memory for r in measured), key=lambda m: m.peak_bytes)
         result.results.append(
             StepResult(
                 first.spec,
-                Measurement(times, first.measurement.samples_per_step),
+                merge_measurements([r.measurement for r in measured]),
                 peak,
-                first.first_call_s,
                 first.device_name,
+                first.warmup,
+                first.workload,
+                sum(r.skipped_steps for r in measured),
             )
         )
     return result
@@ -247,6 +262,12 @@ def run_sweep(
     """Run every unit the log does not hold yet. A size that ran out of memory is recorded once
     and not retried in later passes (on_unit sees None for those); the sweep goes on."""
     failed = {(r["mode"], r["batch_size"]) for r in log.records.values() if "oom" in r}
+    # The first pass of a size sizes its blocks; later passes reuse that length.
+    block_steps = {
+        (r["mode"], r["batch_size"]): r["result"]["measurement"].get("steps_per_sample", 1)
+        for r in log.records.values()
+        if "result" in r
+    }
     for unit in plan.units():
         if unit.key in log.records:
             continue
@@ -255,15 +276,18 @@ def run_sweep(
                 on_unit(unit, None)
             continue
         try:
+            timing = plan.timing_in_pass(unit.pass_index)
+            if timing.clock == "blocked" and (unit.mode, unit.batch_size) in block_steps:
+                timing = timing.replace(block_steps=block_steps[(unit.mode, unit.batch_size)])
             result = measure_maybe_isolated(
                 plan.spec_for(unit),
+                timing,
                 isolate=plan.isolate,
-                repeats=plan.repeats_in_pass(unit.pass_index),
-                warmup=plan.warmup,
                 memory_budget=plan.memory_budget,
                 seed=plan.seed,
             )
             record = {"result": result.to_dict()}
+            block_steps[(unit.mode, unit.batch_size)] = result.measurement.steps_per_sample
         except StepOutOfMemory as oom:
             failed.add((unit.mode, unit.batch_size))
             record = {"oom": oom.reason}

@@ -10,8 +10,8 @@ import itertools
 import os
 from dataclasses import dataclass, field
 
-from b3core.measuring.runner import MIN_WARMUP, MODES, StepSpec, require_warmup
 from b3core.spec.sizes import around_powers_of_two, parse_batch_sizes
+from b3core.spec.step import MODES, StepSpec, Timing
 from b3core.spec.validate import parse_positive_int, require_choice
 from b3core.workloads.devices import (
     PRECISIONS,
@@ -32,11 +32,7 @@ class Profile:
     batch_sizes: tuple[int, ...]
     precisions: tuple[str, ...]
     accumulation_steps: tuple[int, ...] = (1,)
-    modes: tuple[str, ...] = MODES
     image_sizes: dict[str, int] = field(default_factory=dict)
-    rounds: int = 10
-    warmup: int = MIN_WARMUP
-    description: str = ""
 
 
 def _fast_precisions(device_type: str) -> tuple[str, ...]:
@@ -56,7 +52,6 @@ def get_profile(name: str, device: str = "auto") -> Profile:
             precisions=_fast_precisions(dev.type),
             accumulation_steps=(1, 2),
             image_sizes={"mobilenet_v3_small": 64},
-            description="small models at small images, batches around 16 and 32",
         )
     if name == "b3":
         return Profile(
@@ -64,7 +59,6 @@ def get_profile(name: str, device: str = "auto") -> Profile:
             models=("mobilenet_v3_large",),
             batch_sizes=(100, 127, 128, 129, 156, 511, 512, 513),
             precisions=(mixed_precision_for(dev),),
-            description="B3's experiment: MobileNetV3-large at 224x224, fp16 AMP on CUDA",
         )
     dense = sorted(set(range(8, 513, 8)) | set(around_powers_of_two(1, 513)))
     return Profile(
@@ -73,7 +67,6 @@ def get_profile(name: str, device: str = "auto") -> Profile:
         batch_sizes=tuple(dense),
         precisions=PRECISIONS,
         accumulation_steps=(1, 2, 4),
-        description="every model, every precision, accumulation 1/2/4, dense batch sizes",
     )
 
 
@@ -95,6 +88,7 @@ class CaseOptions:
     accumulation_steps: str | None = None
     rounds: int | None = None
     warmup: int | None = None
+    clock: str | None = None
 
     @classmethod
     def from_env(cls, **given) -> CaseOptions:
@@ -114,7 +108,7 @@ class CaseOptions:
 def benchmark_cases(options: CaseOptions, mode: str | None = None) -> list[StepSpec]:
     """Every StepSpec of the profile after overrides, in a stable order (for stable test ids)."""
     grid = case_grid(options)
-    modes = [mode] if mode else list(grid.profile.modes)
+    modes = [mode] if mode else list(MODES)
     cases = []
     for model, precision, acc, size, case_mode in itertools.product(
         grid.models, grid.precisions, grid.accumulation_steps, grid.batch_sizes, modes
@@ -188,9 +182,7 @@ def unsupported_reason(spec: StepSpec) -> str | None:
     return None
 
 
-def profile_settings(options: CaseOptions) -> tuple[int, int]:
-    """(rounds, warmup) for the profile after overrides."""
-    profile = get_profile(options.profile, options.device)
-    rounds = options.rounds if options.rounds is not None else profile.rounds
-    warmup = options.warmup if options.warmup is not None else profile.warmup
-    return rounds, require_warmup(warmup)
+def profile_settings(options: CaseOptions) -> Timing:
+    """How each case is timed, after overrides: rounds are the timed samples."""
+    overrides = {"repeats": options.rounds, "warmup": options.warmup, "clock": options.clock}
+    return Timing(**{k: v for k, v in overrides.items() if v is not None})

@@ -19,7 +19,8 @@ _OPTIONS = (
     ("precisions", "comma-separated: fp32,tf32,fp16,bf16 (env B3_PRECISIONS)"),
     ("accumulation-steps", "comma-separated, e.g. 1,2,4 (env B3_ACCUMULATION_STEPS)"),
     ("rounds", "timed rounds per case, default 10 (env B3_ROUNDS)"),
-    ("warmup", "untimed warm-up rounds, at least 2 (env B3_WARMUP)"),
+    ("warmup", "untimed warm-up steps, at least 2 (env B3_WARMUP)"),
+    ("clock", "blocked|per-step: k steps or each step between syncs (default blocked; B3_CLOCK)"),
 )
 _BUDGET_HELP = "cap each case's memory, e.g. 8G; cases over it are skipped (env B3_MEMORY_BUDGET)"
 
@@ -97,8 +98,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-def b3_settings(request: pytest.FixtureRequest) -> tuple[int, int]:
-    """(rounds, warmup) for this run."""
+def b3_settings(request: pytest.FixtureRequest):
+    """The Timing of this run: rounds (timed samples), warm-up and clock."""
     from b3core.suites.cases import profile_settings
 
     return profile_settings(case_options(request.config))
@@ -127,43 +128,45 @@ def _memory_budget(config: pytest.Config) -> int | None:
 
 @pytest.fixture
 def b3_bench(benchmark, b3_settings, request: pytest.FixtureRequest):
-    """Time a StepSpec with pytest-benchmark: `b3_bench(spec)`. A case that does not fit is
-    skipped with the reason, after its memory was released."""
+    """Time a StepSpec with pytest-benchmark: `b3_bench(spec)`. b3's runner builds and warms the
+    step; pytest-benchmark times it. With the blocked clock each round is a block of k steps
+    (pedantic's `iterations`) that ends in a device sync, and pytest-benchmark reports the mean
+    step of each block. A case that does not fit is skipped with the reason, after its memory
+    was released."""
     from b3core.errors import StepOutOfMemory
-    from b3core.measuring.clocks import synchronized
-    from b3core.measuring.machine import device_name
-    from b3core.measuring.runner import StepResult, run_guarded
+    from b3core.measuring.clocks import synced_every
+    from b3core.measuring.runner import run_guarded
     from b3core.measuring.stats import Measurement
     from b3core.suites.cases import unsupported_reason
-    from b3core.workloads.devices import synchronize
 
-    rounds, warmup = b3_settings
+    timing = b3_settings
 
     def run(spec):
         reason = unsupported_reason(spec)
         if reason:
             pytest.skip(reason)
 
-        def timed(step, device):
+        def timed(ready):
+            k = ready.block_steps(timing)
+            skipped = ready.skipped_updates
             benchmark.pedantic(
-                synchronized(step, device),
-                setup=lambda: synchronize(device),
-                rounds=rounds,
-                warmup_rounds=warmup,
-                iterations=1,
+                synced_every(ready.call, ready.device, k), rounds=timing.repeats, iterations=k
             )
-            return device_name(device)
+            return k, ready.skipped_updates - skipped
 
         try:
-            name, peak = run_guarded(spec, timed, memory_budget=_memory_budget(request.config))
+            guarded = run_guarded(
+                spec, timed, warmup=timing.warmup, memory_budget=_memory_budget(request.config)
+            )
         except StepOutOfMemory as oom:
             pytest.skip(f"does not fit: {oom.reason}")
         if benchmark.disabled:
             return None
-        times = tuple(benchmark.stats.stats.data)
-        result = StepResult(
-            spec, Measurement(times, spec.samples_per_step), peak, float("nan"), name
-        )
+        k, skipped = guarded.value
+        # pytest-benchmark keeps each round's time over its iterations: back to block times
+        blocks = tuple(t * k for t in benchmark.stats.stats.data)
+        measured = Measurement(blocks, spec.samples_per_step, k, timing.clock)
+        result = guarded.result(spec, measured, skipped)
         benchmark.extra_info.update(extra_info(result))
         request.config.stash[_RESULTS].append(result)
         return result
@@ -172,27 +175,23 @@ def b3_bench(benchmark, b3_settings, request: pytest.FixtureRequest):
 
 
 def extra_info(result) -> dict:
-    """What b3 adds to each pytest-benchmark record (enough to rebuild the StepResult)."""
+    """What b3 adds to each pytest-benchmark record: the whole result (raw times included, so
+    that `b3 report` rebuilds it), and its headline figures for people reading the JSON."""
     m, spec = result.measurement, result.spec
     return {
-        "b3_spec": spec.to_dict(),
+        "b3_result": result.to_dict(),
         "b3_label": spec.label,
-        "times_s": list(m.times),
-        "samples_per_step": m.samples_per_step,
+        "clock": m.clock,
+        "steps_per_round": m.steps_per_sample,
+        "samples_per_s": m.throughput.samples_per_s,
+        "samples_per_s_ci95": list(m.throughput.ci95),
         "effective_batch_size": spec.samples_per_step,
         "precision": spec.precision,
         "accumulation_steps": spec.accumulation_steps,
-        "samples_per_s_mean": m.samples_per_second.mean,
-        "samples_per_s_sd": m.samples_per_second.sd,
-        "samples_per_s_median": m.samples_per_second.median,
-        "iterations_per_s_mean": m.iterations_per_second.mean,
-        "iterations_per_s_sd": m.iterations_per_second.sd,
+        "skipped_steps": result.skipped_steps,
         "peak_memory_bytes": result.memory.peak_bytes,
-        "peak_memory_reserved_bytes": result.memory.reserved_bytes,
-        "peak_memory_source": result.memory.source,
         "device_name": result.device_name,
-        "outliers": m.outliers,
-        "warnings": m.warnings,
+        "warnings": result.warnings,
     }
 
 
@@ -213,10 +212,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     results, notes = config.stash.get(_RESULTS, []), config.stash.get(_NOTES, [])
     if not results and not notes:
         return
-    from b3core.reports.tables import step_rows, to_text
+    from b3core.reports.tables import QUARTILE_NOTE, step_rows, to_text
 
-    terminalreporter.write_sep("=", "b3 summary (mean ± SD over rounds; median beside)")
+    terminalreporter.write_sep(
+        "=", "b3 summary (step time mean ± SD; samples/s = total samples / total time, 95% CI)"
+    )
     if results:
         terminalreporter.write_line(to_text(step_rows(results)))
+        terminalreporter.write_line(QUARTILE_NOTE)
     for note in notes:
         terminalreporter.write_line(note)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import AbstractContextManager as ContextManager
+
 import torch
 
 from b3core.errors import B3Error
+from b3core.spec.step import DEVICE_CHOICES, PRECISIONS
 from b3core.spec.validate import require_choice
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 
 
 def _mps_available() -> bool:
@@ -36,6 +37,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     if kind == "mps" and not _mps_available():
         raise B3Error(f"--device {name}: MPS is not available on this machine")
     return torch.device(name)
+
+
+def device_context(device: torch.device) -> ContextManager:
+    """Make `device` the current one, so that streams, events and allocations land on it (with
+    --device cuda:1, torch's current device would otherwise still be GPU 0)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def synchronize(device: torch.device) -> None:

@@ -15,13 +15,13 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from b3core.spec.step import OPTIMIZERS, StepSpec
 from b3core.spec.validate import require_choice
 from b3core.workloads.models import create_model
 from b3core.workloads.precision import autocast_factory, configure_math_mode, make_grad_scaler
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 T = TypeVar("T")
-OPTIMIZERS = ("adam", "sgd")
 
 
 def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -95,15 +95,31 @@ def inference_step(
 @dataclass
 class Trainer:
     """A model on its device with its optimizer, loss scaler and autocast: what every training
-    and inference loop in b3 runs on."""
+    and inference loop in b3 runs on. It counts attempted and applied optimizer updates; they
+    differ when GradScaler skips a step whose gradients overflowed."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     autocast: Callable[[], ContextManager]
     memory_format: torch.memory_format
+    attempted_updates: int = 0
+    applied_updates: int = 0
+
+    def __post_init__(self) -> None:
+        # Runs only when optimizer.step() really runs. GradScaler decides that with a host read
+        # of its inf check, so the count is current when step() returns: no extra sync needed.
+        self.optimizer.register_step_post_hook(self._count_applied)
+
+    def _count_applied(self, *_) -> None:
+        self.applied_updates += 1
+
+    @property
+    def skipped_updates(self) -> int:
+        return self.attempted_updates - self.applied_updates
 
     def step(self, micro_batches: Sequence[Batch]) -> torch.Tensor:
+        self.attempted_updates += 1
         return train_step(
             self.model, self.optimizer, micro_batches, autocast=self.autocast, scaler=self.scaler
         )
@@ -112,34 +128,22 @@ class Trainer:
         return inference_step(self.model, inputs, autocast=self.autocast)
 
 
-def prepare_training(
-    model_name: str,
-    device: torch.device,
-    *,
-    precision: str = "fp32",
-    optimizer: str = "adam",
-    lr: float = 5e-4,
-    image_size: int | None = None,
-    num_classes: int | None = None,
-    channels_last: bool = False,
-    compile: bool = False,
-    cudnn_benchmark: bool = True,
-    seed: int = 0,
-) -> Trainer:
-    """Seeded model, optimizer and precision settings, ready on the device (in train mode)."""
+def prepare_training(spec: StepSpec, device: torch.device, seed: int = 0) -> Trainer:
+    """The spec's seeded model, optimizer and precision settings, ready on the device (in train
+    mode). The model name and image size are checked against the registry here."""
     torch.manual_seed(seed)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = cudnn_benchmark  # autotuning runs in b3's warm-up
-    configure_math_mode(precision, device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = create_model(model_name, num_classes=num_classes, image_size=image_size)
+        torch.backends.cudnn.benchmark = spec.cudnn_benchmark  # autotuning runs in the warm-up
+    configure_math_mode(spec.precision, device)
+    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+    model = create_model(spec.model, num_classes=spec.num_classes, image_size=spec.image_size)
     model = model.to(device=device, memory_format=memory_format).train()
-    if compile:
+    if spec.compile:
         model = torch.compile(model)
     return Trainer(
         model=model,
-        optimizer=make_optimizer(optimizer, model.parameters(), lr),
-        scaler=make_grad_scaler(precision, device),
-        autocast=autocast_factory(precision, device),
+        optimizer=make_optimizer(spec.optimizer, model.parameters(), spec.lr),
+        scaler=make_grad_scaler(spec.precision, device),
+        autocast=autocast_factory(spec.precision, device),
         memory_format=memory_format,
     )

@@ -1,0 +1,113 @@
+"""What a measurement leaves behind: inert records that save to JSON and load without torch or
+the model registry, so that a result outlives the code and the models that made it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from b3core.measuring.stats import Measurement
+from b3core.spec.step import StepSpec
+from b3core.workloads.info import WorkloadInfo
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    """Peak memory of one configuration, the number b3 compares and fits.
+
+    CUDA: the most bytes held by tensors at once (max_memory_allocated), with the allocator's
+    reserved peak beside it. CPU/MPS: how far the process's resident set rose above where it
+    stood before the configuration was built (the model, optimizer state, batch and activations).
+    """
+
+    peak_bytes: int
+    reserved_bytes: int | None
+    source: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """The untimed steps: how many ran, the first one's time (compilation, autotuning), and
+    whether the step had settled (optimizer state created, no GradScaler skip at the end)."""
+
+    steps: int
+    first_call_s: float
+    settled: bool
+    skipped_updates: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """A measured configuration: raw times with derived statistics, peak memory, the warm-up,
+    what was built, and the optimizer updates that GradScaler skipped inside the clock."""
+
+    spec: StepSpec
+    measurement: Measurement
+    memory: PeakMemory
+    device_name: str
+    warmup: Warmup | None = None  # None: loaded from b3 0.1, which did not record it
+    workload: WorkloadInfo | None = None
+    skipped_steps: int = 0
+
+    @property
+    def warnings(self) -> list[str]:
+        notes = list(self.measurement.warnings)
+        if self.warmup and not self.warmup.settled:
+            notes.append(
+                f"the step had not settled after {self.warmup.steps} warm-up steps (GradScaler "
+                "still skipping updates, or no optimizer state yet)"
+            )
+        if self.skipped_steps:
+            notes.append(
+                f"{self.skipped_steps} of {self.measurement.steps} timed steps skipped their "
+                "optimizer update (GradScaler found inf/NaN gradients): those were cheaper steps"
+            )
+        return notes
+
+    @property
+    def first_call_s(self) -> float:
+        return self.warmup.first_call_s if self.warmup else math.nan
+
+    def to_dict(self) -> dict:
+        m = self.measurement
+        return {
+            "label": self.spec.label,
+            "spec": self.spec.to_dict(),
+            "clock": m.clock,
+            "skipped_steps": self.skipped_steps,
+            "throughput": m.throughput.to_dict(),
+            "iterations_per_s": m.iterations_per_second,
+            "measurement": m.to_dict(),
+            "warnings": self.warnings,
+            "memory": self.memory.to_dict(),
+            "warmup": self.warmup.to_dict() if self.warmup else None,
+            "workload": self.workload.to_dict() if self.workload else None,
+            "device_name": self.device_name,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StepResult:
+        """Reads what to_dict wrote (derived figures are recomputed), and b3 0.1's records."""
+        warmup = d.get("warmup")
+        if warmup is None and "first_call_s" in d:  # b3 0.1
+            warmup = {
+                "steps": 0,
+                "first_call_s": d["first_call_s"],
+                "settled": True,
+                "skipped_updates": 0,
+            }
+        return cls(
+            StepSpec.from_dict(d["spec"]),
+            Measurement.from_dict(d["measurement"]),
+            PeakMemory(**d["memory"]),
+            d["device_name"],
+            Warmup(**warmup) if warmup else None,
+            WorkloadInfo.from_dict(d["workload"]) if d.get("workload") else None,
+            int(d.get("skipped_steps", 0)),
+        )

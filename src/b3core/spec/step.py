@@ -1,0 +1,217 @@
+"""What a step is, and how it is timed: the one declaration of their fields, defaults and choices.
+
+Torch-free and registry-free, so that saved results load anywhere. Each field carries its
+command-line form in its metadata; the CLI builds its options from these fields alone.
+Whether the model exists, takes this image size, or runs on this device is checked when the
+step is built (`b3core.workloads.build`), not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from b3core.errors import B3Error
+from b3core.spec.validate import parse_positive_int, require_choice, require_positive_int
+
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+MODES = ("train", "inference")
+OPTIMIZERS = ("adam", "sgd")
+# "blocked": k steps between two device syncs, the pipelined rate a training loop sees;
+# "per-step": each step between two syncs, the latency distribution.
+CLOCKS = ("blocked", "per-step")
+DATASETS = ("synthetic", "cifar10")  # what `b3 run` trains on; nothing is ever downloaded
+MIN_WARMUP = 2  # cuDNN autotuning, allocator growth and Adam's lazily created state
+DEFAULT_LR = 5e-4  # B3's Adam learning rate
+DEFAULT_REPEATS = 10
+
+
+def _positive(text: str) -> int:
+    return parse_positive_int("value", text)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise B3Error(f"value must be a number, got {text!r}") from None
+
+
+def option(*flags: str, help: str, **argparse_kwargs) -> dict:
+    """Field metadata: the option's flags (an underscore twin is added for each dashed one, as
+    B3's own scripts spelled them), its help, and argparse settings (parse, choices, action)."""
+    return {"cli": {"flags": flags, "help": help, **argparse_kwargs}}
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One configuration to time. `batch_size` is the micro-batch; a training step processes
+    `batch_size * accumulation_steps` samples in one optimizer update."""
+
+    model: str = field(metadata=option("--model", help="a registered model (see `b3 models`)"))
+    batch_size: int = field(
+        metadata=option("--batch-size", parse=_positive, help="samples per micro-batch")
+    )
+    precision: str = field(
+        default="fp32",
+        metadata=option("--precision", choices=PRECISIONS, help="fp16 uses a GradScaler"),
+    )
+    accumulation_steps: int = field(
+        default=1,
+        metadata=option(
+            "--accumulation-steps", parse=_positive, help="micro-batches per optimizer step"
+        ),
+    )
+    mode: str = field(
+        default="train",
+        metadata=option(
+            "--inference",
+            action="store_const",
+            const="inference",
+            help="time the inference step instead of the training step",
+        ),
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata=option("--image-size", parse=_positive, help="override the model's input size"),
+    )
+    num_classes: int | None = field(
+        default=None,
+        metadata=option("--num-classes", parse=_positive, help="override the model's classes"),
+    )
+    optimizer: str = field(
+        default="adam", metadata=option("--optimizer", choices=OPTIMIZERS, help="the optimizer")
+    )
+    lr: float = field(
+        default=DEFAULT_LR,
+        metadata=option("--lr", "--learning-rate", parse=_float, help="learning rate"),
+    )
+    channels_last: bool = field(
+        default=False, metadata=option("--channels-last", action="store_true", help="NHWC input")
+    )
+    compile: bool = field(
+        default=False,
+        metadata=option(
+            "--compile", action="store_true", help="torch.compile (first call reported apart)"
+        ),
+    )
+    cudnn_benchmark: bool = field(
+        default=True,
+        metadata=option(
+            "--no-cudnn-benchmark",
+            action="store_false",
+            help="keep cuDNN's autotuner off (it is on by default on CUDA)",
+        ),
+    )
+    device: str = field(
+        default="auto",
+        metadata=option("--device", help=f"one of {', '.join(DEVICE_CHOICES)}, e.g. cuda:1"),
+    )
+
+    def __post_init__(self) -> None:
+        require_positive_int("batch size", self.batch_size)
+        require_positive_int("accumulation steps", self.accumulation_steps)
+        require_choice("mode", self.mode, MODES)
+        require_choice("precision", self.precision, PRECISIONS)
+        require_choice("optimizer", self.optimizer, OPTIMIZERS)
+        for name in ("image_size", "num_classes"):
+            if getattr(self, name) is not None:
+                require_positive_int(name.replace("_", " "), getattr(self, name))
+        if not self.lr > 0:
+            raise B3Error(f"learning rate must be positive, got {self.lr}")
+        if not isinstance(self.model, str) or not self.model:
+            raise B3Error(f"model must be a name, got {self.model!r}")
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.batch_size * (self.accumulation_steps if self.mode == "train" else 1)
+
+    @property
+    def label(self) -> str:
+        parts = [self.model, self.mode, f"bs{self.batch_size}", self.precision]
+        if self.mode == "train" and self.accumulation_steps > 1:
+            parts.append(f"acc{self.accumulation_steps}")
+        if self.image_size:
+            parts.append(f"img{self.image_size}")
+        if self.channels_last:
+            parts.append("cl")
+        if self.compile:
+            parts.append("compiled")
+        if not self.cudnn_benchmark:
+            parts.append("no-cudnn-benchmark")
+        return "/".join(parts)
+
+    def replace(self, **changes) -> StepSpec:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StepSpec:
+        return cls(**_known_fields(cls, d))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How a step is timed. With the blocked clock each timed sample is a block of
+    `block_steps` steps (None: enough steps for a block of at least MIN_BLOCK_SECONDS, judged
+    from the last warm-up step); with the per-step clock each sample is one step."""
+
+    repeats: int = field(
+        default=DEFAULT_REPEATS,
+        metadata=option(
+            "--repeats", parse=_positive, help="timed samples (steps, or blocks of steps)"
+        ),
+    )
+    warmup: int = field(
+        default=MIN_WARMUP,
+        metadata=option(
+            "--warmup",
+            parse=lambda text: parse_positive_int("value", text, 0),
+            help=f"untimed steps first (at least {MIN_WARMUP}; fp16 warms until the loss "
+            "scale settles)",
+        ),
+    )
+    clock: str = field(
+        default="blocked",
+        metadata=option(
+            "--clock",
+            choices=CLOCKS,
+            help="blocked: k steps between two syncs (throughput); per-step: each step "
+            "between two syncs (latency)",
+        ),
+    )
+    block_steps: int | None = field(
+        default=None,
+        metadata=option(
+            "--block-steps", parse=_positive, help="steps per block with the blocked clock"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        require_positive_int("repeats", self.repeats)
+        if self.warmup < MIN_WARMUP:
+            raise B3Error(f"warm-up must be at least {MIN_WARMUP} steps, got {self.warmup}")
+        require_choice("clock", self.clock, CLOCKS)
+        if self.block_steps is not None:
+            require_positive_int("block steps", self.block_steps)
+            if self.clock == "per-step" and self.block_steps != 1:
+                raise B3Error("--block-steps needs --clock blocked")
+
+    def replace(self, **changes) -> Timing:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Timing:
+        return cls(**_known_fields(cls, d))
+
+
+def _known_fields(cls, d: dict) -> dict:
+    """Fields of `cls` from a saved dict; keys a later or earlier b3 wrote are ignored."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
