@@ -57,8 +57,10 @@ def test_loading_results_needs_neither_torch_nor_a_model_that_still_exists(tmp_p
 
 
 def test_a_b3_0_1_results_file_loads_as_per_step_measurements():
-    """docs/results/vm-cpu/quick-profile.json was written by b3 0.1's pytest plugin."""
-    loaded = load_benchmark_json(REPO / "docs" / "results" / "vm-cpu" / "quick-profile.json")
+    """docs/results/vm-cpu/b3-0.1/quick-profile.json was written by b3 0.1's pytest plugin."""
+    loaded = load_benchmark_json(
+        REPO / "docs" / "results" / "vm-cpu" / "b3-0.1" / "quick-profile.json"
+    )
     assert loaded.results and all(r.measurement.clock == "per-step" for r in loaded.results)
     first = loaded.results[0]
     m = first.measurement

@@ -210,7 +210,7 @@ def test_cli_sweep_that_cannot_run_here_writes_nothing(tmp_path, capsys, argv, f
 
 def test_a_sweep_log_of_b3_0_1_is_refused_in_one_line(capsys):
     """The committed CPU sweep in docs/results was written by b3 0.1."""
-    old = Path(__file__).resolve().parents[1] / "docs" / "results" / "vm-cpu" / "sweep-b3-0.1"
+    old = Path(__file__).resolve().parents[1] / "docs" / "results" / "vm-cpu" / "b3-0.1" / "sweep"
     assert main(["advise", "--sweep", str(old)]) == 2
     err = capsys.readouterr().err
     assert "written by b3 0.1" in err and len(err.strip().splitlines()) == 1
