@@ -44,8 +44,24 @@ def option(*flags: str, help: str, **argparse_kwargs) -> dict:
     return {"cli": {"flags": flags, "help": help, **argparse_kwargs}}
 
 
+class _Record:
+    """What StepSpec and Timing share: copies with changes, and a JSON form that loads what an
+    earlier or later b3 wrote (unknown keys ignored, missing ones at their defaults)."""
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
 @dataclass(frozen=True)
-class StepSpec:
+class StepSpec(_Record):
     """One configuration to time. `batch_size` is the micro-batch; a training step processes
     `batch_size * accumulation_steps` samples in one optimizer update."""
 
@@ -142,19 +158,9 @@ class StepSpec:
             parts.append("no-cudnn-benchmark")
         return "/".join(parts)
 
-    def replace(self, **changes) -> StepSpec:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> StepSpec:
-        return cls(**_known_fields(cls, d))
-
 
 @dataclass(frozen=True)
-class Timing:
+class Timing(_Record):
     """How a step is timed. With the blocked clock each timed sample is a block of
     `block_steps` steps (None: enough steps for a block of at least MIN_BLOCK_SECONDS, judged
     from the last warm-up step); with the per-step clock each sample is one step."""
@@ -199,19 +205,3 @@ class Timing:
             require_positive_int("block steps", self.block_steps)
             if self.clock == "per-step" and self.block_steps != 1:
                 raise B3Error("--block-steps needs --clock blocked")
-
-    def replace(self, **changes) -> Timing:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Timing:
-        return cls(**_known_fields(cls, d))
-
-
-def _known_fields(cls, d: dict) -> dict:
-    """Fields of `cls` from a saved dict; keys a later or earlier b3 wrote are ignored."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in d.items() if k in names}

@@ -11,10 +11,9 @@ import os
 from dataclasses import dataclass, field
 
 from b3core.spec.sizes import around_powers_of_two, parse_batch_sizes
-from b3core.spec.step import MODES, StepSpec, Timing
+from b3core.spec.step import MODES, PRECISIONS, StepSpec, Timing
 from b3core.spec.validate import parse_positive_int, require_choice
 from b3core.workloads.devices import (
-    PRECISIONS,
     mixed_precision_for,
     resolve_device,
     supported_precisions,
