@@ -11,7 +11,7 @@ import functools
 from b3core.errors import StepOutOfMemory
 from b3core.measuring.clocks import synced_every
 from b3core.measuring.runner import measure, prepare
-from b3core.spec.step import Timing
+from b3core.spec.step import DEFAULT_REPEATS, Timing
 from b3core.suites.cases import CaseOptions, case_grid, unsupported_reason
 
 GRID = case_grid(CaseOptions.from_env())
@@ -46,7 +46,7 @@ class _Step:
     params, param_names = PARAMS, PARAM_NAMES
     mode = "train"
     number = 1
-    repeat = (10, 20, 120.0)
+    repeat = (20, 50, 120.0)  # more samples: asv decides significance from them
     warmup_time = 0.0  # setup already ran b3's warm-up steps
     timeout = 1800
 
@@ -69,7 +69,8 @@ class Inference(_Step):
 class TrainCost:
     """b3's own measurement, one per case, through the runner with the blocked clock: the
     time per training sample (the inverse of b3's total-samples-over-total-time throughput)
-    and peak memory (CUDA's max allocated; on CPU, the process's RSS growth)."""
+    and peak memory (CUDA's max allocated; on CPU, the process's RSS growth). asv keeps one
+    value per track_* (the last round's), so the measurement is twice b3's default length."""
 
     params, param_names = PARAMS, PARAM_NAMES
     timeout = 1800
@@ -77,7 +78,7 @@ class TrainCost:
     def setup(self, model, batch_size, precision):
         spec = _runnable(GRID.case(model, batch_size, precision, "train"))
         try:
-            self.result = measure(spec, Timing())
+            self.result = measure(spec, Timing(repeats=2 * DEFAULT_REPEATS))
         except StepOutOfMemory as oom:
             raise NotImplementedError(str(oom)) from None
 
