@@ -13,8 +13,9 @@ with asv's own process, simple_cnn at batch 256 moved ±20-50% between processes
 samples/s over four `b3 step` runs, and 9969 vs 15879 within one process), which a 30% change
 cannot clear; with OMP_NUM_THREADS=1 five runs stayed within 5381-6412 samples/s. Even so a
 burst of noise sometimes hides a metric for a whole comparison, so each verdict may take up to
-ATTEMPTS comparisons and passes on the first that shows it. A suite that tracked a rate would
-get the direction wrong in every attempt, so the test still fails on that defect.
+ATTEMPTS comparisons and passes on the first that shows it. Retries also let noise rescue a
+wrong suite now and then (it did once, in a mutation run), so the direction itself is guarded
+deterministically by test_every_tracked_number_of_b3s_suite_grows_when_the_step_slows.
 """
 
 import json
@@ -35,7 +36,6 @@ TRAIN_METRICS = ("TrainStep.time_train_step", "TrainCost.track_seconds_per_sampl
 SLOWER, SLOW_BASE = 0.30, 0.43  # 1.3x; and 1/1.43 = 0.7x when the sleep is removed again
 ATTEMPTS = 4
 
-pytestmark = pytest.mark.slow
 
 SLOWDOWN = """
 
@@ -165,6 +165,7 @@ def first_attempt_showing(repo, env, base, head, expected) -> tuple[bool, str]:
     return False, "\n\n".join(reports)
 
 
+@pytest.mark.slow
 def test_a_slower_training_step_fails_the_gate_on_every_metric_that_moved(b3_repo):
     repo, env, commits = b3_repo
 
@@ -178,6 +179,7 @@ def test_a_slower_training_step_fails_the_gate_on_every_metric_that_moved(b3_rep
     assert shown, reports
 
 
+@pytest.mark.slow
 def test_a_faster_training_step_passes_the_gate_as_an_improvement(b3_repo):
     repo, env, commits = b3_repo
 
@@ -191,12 +193,51 @@ def test_a_faster_training_step_passes_the_gate_as_an_improvement(b3_repo):
     assert shown, reports
 
 
+@pytest.mark.slow
 def test_publish_writes_the_html_site(b3_repo):
     repo, env, _ = b3_repo
     proc = asv(repo, env, "publish")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (repo / ".asv" / "html" / "index.html").exists()
     assert (repo / ".asv" / "html" / "regressions.json").exists()
+
+
+@pytest.mark.parametrize("slowdown", [1.3, 0.7])
+def test_every_tracked_number_of_b3s_suite_grows_when_the_step_slows(monkeypatch, slowdown):
+    """asv gates every number as lower-is-better. Deterministic, on the real suite classes with
+    results of known speed: each track_* must rise with the step time (a rate would fall), and
+    the time_* benchmarks are asv's own clock, which always does."""
+    import inspect
+
+    import benchmarks.asv_steps as suite
+    from b3core.measuring.result import PeakMemory, StepResult
+    from b3core.measuring.stats import Measurement
+    from b3core.spec import StepSpec
+
+    def result(step_s):
+        times = (step_s, step_s * 1.01, step_s * 0.99)
+        return StepResult(
+            StepSpec("simple_cnn", 16), Measurement(times, 16), PeakMemory(2**20, None, "x"), "cpu"
+        )
+
+    tracked = {}
+    for name, cls in inspect.getmembers(suite, inspect.isclass):
+        for method in [m for m in vars(cls) if m.startswith("track_")]:
+            values = []
+            for step_s in (0.01, 0.01 * slowdown):
+                monkeypatch.setattr(suite, "measure", lambda *a, _s=step_s, **k: result(_s))
+                bench = cls()
+                bench.setup("simple_cnn", 16, "fp32")
+                values.append(getattr(bench, method)("simple_cnn", 16, "fp32"))
+            tracked[f"{name}.{method}"] = values
+    assert "TrainCost.track_seconds_per_sample" in tracked
+    for name, (before, after) in tracked.items():
+        if name.endswith("peak_memory"):
+            assert before == after  # memory does not move with speed
+        elif slowdown > 1:
+            assert after > before, name
+        else:
+            assert after < before, name
 
 
 def test_b3_machine_registers_the_slug_with_asv(tmp_path):
