@@ -109,14 +109,13 @@ def run_guarded(
     """
     device = target_device(spec)
     budget = MemoryBudget(device, memory_budget)
-    holder: dict[str, ReadyStep] = {}
-    failure = ""
+    workload = ready = None
     try:
         with device_context(device), PeakMemoryTracker(device) as tracker:
             workload = build_workload(spec, device, seed)
             record, last = warm_up(workload, device, max(MIN_WARMUP, warmup))
-            holder["ready"] = ReadyStep(workload, device, record, last)
-            value = body(holder["ready"])
+            ready = ReadyStep(workload, device, record, last)
+            value = body(ready)
         peak = tracker.result()
         budget.check(peak)
         return GuardedRun(value, peak, record, workload.info, device_name(device))
@@ -124,10 +123,9 @@ def run_guarded(
         if not is_out_of_memory(exc):
             raise
         failure = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-    finally:
-        holder.clear()
-    # Out here the exception, and the activations its traceback kept alive, are gone.
-    workload = None
+    # Out here the exception, and the activations its traceback kept alive, are gone; drop the
+    # step too, then release the device's memory.
+    workload = ready = None
     release_memory(device)
     raise StepOutOfMemory(spec.label, failure)
 

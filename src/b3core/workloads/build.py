@@ -76,13 +76,12 @@ def build_workload(spec: StepSpec, device: torch.device, seed: int = 0) -> Workl
     # The same device batch serves every micro-batch: the arithmetic is identical, memory is not
     # spent on k copies of the input, and nothing is loaded inside the timed region.
     micro_batches = [(inputs, targets)] * spec.accumulation_steps
-    workload = Workload(spec, trainer, lambda: None, info)
+    recent_skips: deque = deque(maxlen=MIN_WARMUP)
 
     def train() -> object:
         applied = trainer.applied_updates
         loss = trainer.step(micro_batches)
-        workload.recent_skips.append(trainer.applied_updates == applied)
+        recent_skips.append(trainer.applied_updates == applied)
         return loss
 
-    workload.call = train
-    return workload
+    return Workload(spec, trainer, train, info, recent_skips)
