@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 
 from b3core.errors import B3Error, StepOutOfMemory
-from b3core.measuring.clocks import time_block
 from b3core.measuring.result import StepResult
 from b3core.measuring.runner import ReadyStep, measure, run_guarded
 from b3core.measuring.stats import Summary, Throughput, ratio_throughput, summarize
@@ -136,7 +135,7 @@ def run_once(cfg: RunConfig, splits: Splits, seed: int) -> RunResult:
         for size in eval_batch_sizes(splits, spec.batch_size):
             warm = torch.zeros(size, *shape, device=device).to(memory_format=trainer.memory_format)
             for _ in range(MIN_WARMUP):
-                time_block(lambda x=warm: trainer.infer(x), device)
+                trainer.infer(warm)
         eval_loaders = [
             make_loader(
                 ds, spec.batch_size, train=False, num_workers=cfg.num_workers, pin_memory=pin
