@@ -62,17 +62,29 @@ class ReadyStep:
 
 
 def warm_up(workload: Workload, device: torch.device, steps: int) -> tuple[Warmup, float]:
-    """At least `steps` untimed steps, more until the step has settled (optimizer state exists,
-    no GradScaler skip in the last steps). Returns the record and the last step's seconds."""
-    skipped = workload.trainer.skipped_updates
+    """At least `steps` untimed steps, more until the step has settled: the optimizer's state
+    exists and the last MIN_WARMUP updates were all applied (none skipped by GradScaler).
+    Returns the record and the last step's seconds. The skip bookkeeping lives here, so that
+    the timed call is the bare step."""
+    trainer = workload.trainer
+    skipped_before = trainer.skipped_updates
     times: list[float] = []
-    while len(times) < steps or (not workload.settled() and len(times) < MAX_WARMUP_STEPS):
+    applied_in_a_row = 0
+
+    def settled() -> bool:
+        if workload.spec.mode == "inference":
+            return True
+        return bool(trainer.optimizer.state) and applied_in_a_row >= MIN_WARMUP
+
+    while len(times) < steps or (not settled() and len(times) < MAX_WARMUP_STEPS):
+        skipped = trainer.skipped_updates
         times.append(time_block(workload.call, device))
+        applied_in_a_row = 0 if trainer.skipped_updates > skipped else applied_in_a_row + 1
     record = Warmup(
         steps=len(times),
         first_call_s=times[0],
-        settled=workload.settled(),
-        skipped_updates=workload.trainer.skipped_updates - skipped,
+        settled=settled(),
+        skipped_updates=trainer.skipped_updates - skipped_before,
     )
     return record, times[-1]
 

@@ -6,13 +6,12 @@ model does not take, or a precision the device cannot run fail here, as one-line
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from b3core.spec.step import MIN_WARMUP, StepSpec
+from b3core.spec.step import StepSpec
 from b3core.workloads.data import synthetic_batch
 from b3core.workloads.devices import check_precision, resolve_device
 from b3core.workloads.info import WorkloadInfo
@@ -45,15 +44,6 @@ class Workload:
     trainer: Trainer
     call: Callable[[], object]
     info: WorkloadInfo
-    # whether each recent update was skipped by GradScaler (training only)
-    recent_skips: deque = field(default_factory=lambda: deque(maxlen=MIN_WARMUP))
-
-    def settled(self) -> bool:
-        """Steady state: the optimizer's state exists and the last updates were all applied."""
-        if self.spec.mode == "inference":
-            return True
-        full = len(self.recent_skips) == self.recent_skips.maxlen
-        return bool(self.trainer.optimizer.state) and full and not any(self.recent_skips)
 
 
 def build_workload(spec: StepSpec, device: torch.device, seed: int = 0) -> Workload:
@@ -76,12 +66,4 @@ def build_workload(spec: StepSpec, device: torch.device, seed: int = 0) -> Workl
     # The same device batch serves every micro-batch: the arithmetic is identical, memory is not
     # spent on k copies of the input, and nothing is loaded inside the timed region.
     micro_batches = [(inputs, targets)] * spec.accumulation_steps
-    recent_skips: deque = deque(maxlen=MIN_WARMUP)
-
-    def train() -> object:
-        applied = trainer.applied_updates
-        loss = trainer.step(micro_batches)
-        recent_skips.append(trainer.applied_updates == applied)
-        return loss
-
-    return Workload(spec, trainer, train, info, recent_skips)
+    return Workload(spec, trainer, lambda: trainer.step(micro_batches), info)
