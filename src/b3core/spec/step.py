@@ -21,6 +21,7 @@ OPTIMIZERS = ("adam", "sgd")
 # "blocked": k steps between two device syncs, the pipelined rate a training loop sees;
 # "per-step": each step between two syncs, the latency distribution.
 CLOCKS = ("blocked", "per-step")
+PROFILES = ("quick", "b3", "full")  # the benchmark suites' case sets (suites/cases.py)
 DATASETS = ("synthetic", "cifar10")  # what `b3 run` trains on; nothing is ever downloaded
 MIN_WARMUP = 2  # cuDNN autotuning, allocator growth and Adam's lazily created state
 DEFAULT_LR = 5e-4  # B3's Adam learning rate
@@ -31,7 +32,7 @@ def _positive(text: str) -> int:
     return parse_positive_int("value", text)
 
 
-def _float(text: str) -> float:
+def parse_number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
@@ -44,9 +45,10 @@ def option(*flags: str, help: str, **argparse_kwargs) -> dict:
     return {"cli": {"flags": flags, "help": help, **argparse_kwargs}}
 
 
-class _Record:
-    """What StepSpec and Timing share: copies with changes, and a JSON form that loads what an
-    earlier or later b3 wrote (unknown keys ignored, missing ones at their defaults)."""
+class Record:
+    """What spec records (StepSpec, Timing, CompareSettings) share: copies with changes, and a
+    JSON form that loads what an earlier or later b3 wrote (unknown keys ignored, missing ones
+    at their defaults)."""
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -61,7 +63,7 @@ class _Record:
 
 
 @dataclass(frozen=True)
-class StepSpec(_Record):
+class StepSpec(Record):
     """One configuration to time. `batch_size` is the micro-batch; a training step processes
     `batch_size * accumulation_steps` samples in one optimizer update."""
 
@@ -101,7 +103,7 @@ class StepSpec(_Record):
     )
     lr: float = field(
         default=DEFAULT_LR,
-        metadata=option("--lr", "--learning-rate", parse=_float, help="learning rate"),
+        metadata=option("--lr", "--learning-rate", parse=parse_number, help="learning rate"),
     )
     channels_last: bool = field(
         default=False, metadata=option("--channels-last", action="store_true", help="NHWC input")
@@ -160,7 +162,7 @@ class StepSpec(_Record):
 
 
 @dataclass(frozen=True)
-class Timing(_Record):
+class Timing(Record):
     """How a step is timed. With the blocked clock each timed sample is a block of
     `block_steps` steps (None: enough steps for a block of at least MIN_BLOCK_SECONDS, judged
     from the last warm-up step); with the per-step clock each sample is one step."""

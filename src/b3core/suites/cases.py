@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from b3core.spec.sizes import around_powers_of_two, parse_batch_sizes
-from b3core.spec.step import MODES, PRECISIONS, StepSpec, Timing
+from b3core.spec.step import MODES, PRECISIONS, PROFILES, StepSpec, Timing
 from b3core.spec.validate import parse_positive_int, require_choice
 from b3core.workloads.devices import (
     mixed_precision_for,
@@ -20,7 +20,6 @@ from b3core.workloads.devices import (
 )
 from b3core.workloads.models import get_model_spec, list_models
 
-PROFILES = ("quick", "b3", "full")
 ENV_PREFIX = "B3_"
 
 
