@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from b3core import __version__
 from b3core.errors import B3Error
 
-from . import advise, info, memory, report, run, step, sweep
+from . import advise, compare, info, memory, report, run, step, sweep
 from .options import OneLineParser
 
-SUBCOMMANDS = (info, step, run, sweep, memory, advise, report)
+SUBCOMMANDS = (info, step, run, sweep, memory, advise, compare, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

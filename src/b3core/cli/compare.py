@@ -1,0 +1,223 @@
+"""`b3 compare`: did HEAD make the step slower than BASE? Both interleaved in one job.
+
+Exit codes: 0 no regression (or faster), 1 regression, 2 bad input or a case not compared,
+3 inconclusive (1 with --fail-on-inconclusive), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+from pathlib import Path
+
+from b3core.cli.options import add_fields_as_options, spec_from_args, write_json
+from b3core.errors import B3Error
+from b3core.spec.step import PROFILES, StepSpec, Timing
+
+# With --profile these narrow the profile; without it they describe the one case
+PROFILE_AXES = ("model", "batch_size", "precision", "accumulation_steps", "mode")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from b3core.studies.compare.settings import CompareSettings
+    from b3core.studies.compare.sides import WORKTREE
+
+    p = sub.add_parser(
+        "compare",
+        help="is HEAD slower than BASE? two revisions (or interpreters), interleaved in one job",
+        description=__doc__.split("\n\n", 1)[1].strip(),
+    )
+    p.add_argument("base", nargs="?", help=f"git revision, or {WORKTREE} (the clean tree)")
+    p.add_argument("head", nargs="?", help=f"git revision, or {WORKTREE} (the clean tree)")
+    p.add_argument("--base-python", metavar="PATH", help="interpreter for BASE (its own venv)")
+    p.add_argument("--head-python", metavar="PATH", help="interpreter for HEAD (its own venv)")
+    p.add_argument(
+        "--saved",
+        nargs=2,
+        metavar=("BASE.json", "HEAD.json"),
+        help="judge two saved pytest-benchmark runs instead (weaker evidence: not interleaved)",
+    )
+    p.add_argument("--profile", choices=PROFILES, help="compare every case of a profile")
+    add_fields_as_options(p, StepSpec, defaults=dict.fromkeys(PROFILE_AXES))
+    add_fields_as_options(p, Timing, skip=("repeats", "block_steps"))
+    add_fields_as_options(p, CompareSettings)
+    p.add_argument(
+        "--fail-on-inconclusive", action="store_true", help="exit 1, not 3, when undecided"
+    )
+    p.add_argument("--json", metavar="PATH", help="every block time, both sides' records, SHAs")
+    p.add_argument("--plot", metavar="PATH", help="PNG of each case's blocks in run order")
+    p.add_argument(
+        "--markdown",
+        metavar="PATH",
+        help="append the table and verdict as Markdown (e.g. $GITHUB_STEP_SUMMARY)",
+    )
+    p.set_defaults(func=cmd_compare)
+
+
+def _cases(args: argparse.Namespace) -> list[StepSpec]:
+    from b3core.suites.cases import CaseOptions, benchmark_cases, unsupported_reason
+
+    if args.profile:
+        given = {
+            "models": args.model,
+            "batch_sizes": args.batch_size and str(args.batch_size),
+            "precisions": args.precision,
+            "accumulation_steps": args.accumulation_steps and str(args.accumulation_steps),
+        }
+        options = CaseOptions(
+            profile=args.profile,
+            device=args.device,
+            **{k: v for k, v in given.items() if v is not None},
+        )
+        cases = benchmark_cases(options, mode=args.mode)
+    else:
+        if args.batch_size is None or args.model is None:
+            raise B3Error("give --model and --batch-size, or --profile")
+        unset = {
+            f.name: f.default
+            for f in dataclasses.fields(StepSpec)
+            if f.name in PROFILE_AXES and getattr(args, f.name) is None
+        }
+        cases = [spec_from_args(args, **unset)]
+    for case in cases:
+        reason = unsupported_reason(case)
+        if reason:
+            raise B3Error(f"{case.label}: {reason}")
+    return cases
+
+
+def _sides(args: argparse.Namespace):
+    from b3core.studies.compare.sides import WORKTREE, SideSpec, check_python
+
+    if (args.base is None) != (args.head is None):
+        raise B3Error("give both BASE and HEAD revisions, or neither (with --base-python)")
+    if args.base is None and not (args.base_python or args.head_python):
+        raise B3Error("give BASE and HEAD revisions, --base-python/--head-python, or --saved")
+    return [
+        SideSpec(
+            name,
+            revision or WORKTREE,
+            check_python(python) if python else sys.executable,
+        )
+        for name, revision, python in (
+            ("base", args.base, args.base_python),
+            ("head", args.head, args.head_python),
+        )
+    ]
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: workers ended, worktrees removed
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from b3core.studies.compare.settings import CompareSettings
+
+    settings = CompareSettings(
+        **{name: getattr(args, name) for name in CompareSettings.__dataclass_fields__}
+    )
+    _check_writable(args)
+    if args.saved:
+        return _compare_saved(args, settings)
+    from b3core.measuring.machine import machine_record
+    from b3core.reports.compare_report import comparison_table, notes, plot_blocks
+    from b3core.studies.compare.session import compare
+
+    sides, cases = _sides(args), _cases(args)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    for side in sides:
+        print(f"{side.name.upper()}: {side.revision}, {side.python}", file=sys.stderr)
+
+    def started(case) -> None:
+        print(
+            f"comparing {case.spec.label} (up to {settings.max_time_s:g} s) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    comparison = compare(sides, cases, settings, on_start=started)
+    lines = [comparison_table(comparison), *notes(comparison), f"verdict: {comparison.verdict}"]
+    print("\n".join(lines))
+    _write_outputs(
+        args,
+        lines,
+        f"b3 compare {sides[0].revision} {sides[1].revision}",
+        lambda: {**comparison.to_dict(), "parent_machine": machine_record()},
+        plot=lambda path: plot_blocks(comparison, path),
+    )
+    if comparison.interrupted:
+        print("b3 compare: interrupted; the cases above are what was measured", file=sys.stderr)
+        return 130
+    return comparison.exit_code(args.fail_on_inconclusive)
+
+
+def _compare_saved(args: argparse.Namespace, settings) -> int:
+    from b3core.reports.compare_report import saved_table
+    from b3core.reports.results import load_benchmark_json
+    from b3core.studies.compare.saved import compare_saved
+    from b3core.studies.compare.verdict import exit_code
+
+    if args.base or args.head or args.base_python or args.head_python:
+        raise B3Error("--saved compares two files; give no revisions or interpreters with it")
+    base, head = (load_benchmark_json(path) for path in args.saved)
+    saved = compare_saved(base, head, threshold=settings.threshold, alpha=settings.alpha)
+    if not saved.cases:
+        raise B3Error("the two files share no b3 case with at least two times on each side")
+    lines = [
+        saved_table(saved),
+        "separate runs: drift between them, and the difference between their two processes, "
+        "are not in these intervals, so this is weaker evidence than an interleaved "
+        "`b3 compare BASE HEAD`",
+    ]
+    for what, labels in (
+        ("only in BASE", saved.only_base),
+        ("only in HEAD", saved.only_head),
+        ("fewer than two times, not judged", saved.too_few_times),
+    ):
+        if labels:
+            lines.append(f"{what}: {', '.join(labels)}")
+    lines.append(f"verdict: {saved.verdict}")
+    print("\n".join(lines))
+    _write_outputs(
+        args,
+        lines,
+        f"b3 compare --saved {base.path.name} {head.path.name}",
+        lambda: {
+            "verdict": saved.verdict,
+            **{k: saved.deciding_case.to_dict()[k] for k in ("ratio", "ci95", "p")},
+            "interleaved": False,
+            "cases": [c.to_dict() for c in saved.cases],
+        },
+    )
+    return exit_code(saved.verdict, args.fail_on_inconclusive)
+
+
+def _check_writable(args: argparse.Namespace) -> None:
+    """Output paths fail before the run, not after minutes of measuring."""
+    for option in ("json", "plot", "markdown"):
+        path = getattr(args, option, None)
+        if not path:
+            continue
+        folder = Path(path).resolve().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise B3Error(f"--{option} {path}: cannot create its folder ({exc.strerror})") from None
+        if not os.access(folder, os.W_OK) or Path(path).is_dir():
+            raise B3Error(f"--{option} {path}: cannot write there")
+
+
+def _write_outputs(args, lines: list[str], title: str, payload, plot=None) -> None:
+    try:
+        if args.markdown:
+            with open(args.markdown, "a") as summary:
+                summary.write("\n\n".join([f"### {title}", *lines]) + "\n\n")
+        if args.json:
+            write_json(args.json, payload())
+        if plot and args.plot:
+            plot(args.plot)
+    except OSError as exc:
+        raise B3Error(f"cannot write the results: {exc}") from None

@@ -1,0 +1,121 @@
+"""Tables and the run-order plot of `b3 compare`. Built from comparison records; never measures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from b3core.reports.tables import format_time, to_text  # noqa: E402
+from b3core.studies.compare.records import SIDES, CaseComparison, Comparison  # noqa: E402
+from b3core.studies.compare.saved import SavedComparison  # noqa: E402
+from b3core.studies.compare.verdict import INCONCLUSIVE, Estimate  # noqa: E402
+
+SIDE_COLOURS = {"base": "tab:blue", "head": "tab:orange"}
+
+
+def ratio_text(estimate: Estimate | None) -> str:
+    if estimate is None:
+        return "-"
+    low, high = estimate.ci95
+    return f"{estimate.ratio:.3f} ({low:.3f} to {high:.3f})"
+
+
+def _median_text(seconds: float | None) -> str:
+    return "-" if seconds is None else format_time(seconds)
+
+
+def case_row(case: CaseComparison) -> dict:
+    estimate = case.estimate
+    return {
+        "case": case.spec.label,
+        "base median": _median_text(case.median("base")),
+        "head median": _median_text(case.median("head")),
+        "head/base (95% CI)": ratio_text(estimate),
+        "p": "-" if estimate is None else f"{estimate.p:.2g}",
+        "verdict": case.failure and f"not compared: {case.failure}" or case.verdict,
+        "epochs": case.epochs,
+        "pairs": case.pairs,
+        "time": f"{case.elapsed_s:.0f} s",
+    }
+
+
+def comparison_table(comparison: Comparison) -> str:
+    return to_text(pd.DataFrame([case_row(c) for c in comparison.cases]))
+
+
+def notes(comparison: Comparison) -> list[str]:
+    """What a reader needs beside the table: how it was judged, and what an inconclusive
+    case could have detected."""
+    s = comparison.settings
+    lines = [
+        "ratio = head/base step time: mean over epochs (fresh worker processes) of interleaved "
+        "pairs' log block medians; 95% CI and p from Student's t over the epochs. Regression: "
+        f"above {1 + s.threshold:.3g} and significantly above 1; no regression: the upper "
+        f"bound below {1 + s.threshold:.3g}; each decided at alpha {s.alpha:g} shared by all "
+        "looks and cases"
+    ]
+    for case in comparison.cases:
+        if case.verdict == INCONCLUSIVE and case.estimate and case.estimate.detectable:
+            lines.append(
+                f"{case.spec.label}: inconclusive after {case.elapsed_s:.0f} s; at this noise "
+                f"the smallest slowdown it could flag is about {case.estimate.detectable:.1%} "
+                "(give it more --max-time, or a quieter machine)"
+            )
+        skipped = {side: n for side, n in case.skipped_updates.items() if n}
+        if skipped:
+            lines.append(f"{case.spec.label}: GradScaler skipped updates while timed: {skipped}")
+    return lines
+
+
+def plot_blocks(comparison: Comparison, path: str | Path) -> Path:
+    """Each case's block medians in run order, both sides on one axis: drift shows, and so
+    does why interleaving cancels it."""
+    cases = [c for c in comparison.cases if c.blocks]
+    fig, axes = plt.subplots(
+        len(cases) or 1, 1, figsize=(9, 2.8 * max(1, len(cases))), squeeze=False
+    )
+    for ax, case in zip(axes[:, 0], cases):
+        for side in SIDES:
+            blocks = [b for b in case.blocks if b.side == side]
+            ax.plot(
+                [b.started_s for b in blocks],
+                [b.median * 1e3 for b in blocks],
+                marker="o",
+                markersize=3,
+                linewidth=0.8,
+                color=SIDE_COLOURS[side],
+                label=f"{side} ({comparison.sides.get(side, {}).get('revision', side)})",
+            )
+        ax.set_title(
+            f"{case.spec.label}: {case.verdict}, ratio {ratio_text(case.estimate)}", fontsize=9
+        )
+        ax.set_ylabel("block median step (ms)")
+        ax.legend(fontsize=8)
+    axes[-1, 0].set_xlabel("seconds since the case began (run order)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def saved_table(saved: SavedComparison) -> str:
+    rows = [
+        {
+            "case": c.label,
+            "base median": format_time(c.base_median_s),
+            "head median": format_time(c.head_median_s),
+            "head/base (95% CI)": ratio_text(c.estimate),
+            "p": f"{c.estimate.p:.2g}",
+            "verdict": c.verdict,
+            "times per side": c.estimate.n,
+        }
+        for c in saved.cases
+    ]
+    return to_text(pd.DataFrame(rows))

@@ -1,0 +1,164 @@
+"""What a comparison leaves behind: each case's blocks in run order and its verdict, and the
+whole run's. Inert records, free of torch, so that reports and saved comparisons load light."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+from b3core.spec.step import StepSpec
+from b3core.studies.compare.settings import CompareSettings
+from b3core.studies.compare.verdict import (
+    INCONCLUSIVE,
+    NOT_COMPARED,
+    REGRESSION,
+    Estimate,
+    exit_code,
+    overall_verdict,
+    severity,
+)
+
+SIDES = ("base", "head")
+STATISTIC = (
+    "per pair of interleaved blocks, log(head block median) - log(base block median); per "
+    "epoch (a fresh pair of worker processes), the mean of its pairs; ratio = exp(mean over "
+    "epochs), Student's t on the epochs; each one-sided claim decided at alpha / (planned looks "
+    "* cases)"
+)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One side's timed calls, in run order: seconds per step, and when the block began."""
+
+    side: str
+    pair: int
+    epoch: int  # which pair of worker processes ran it
+    started_s: float  # since the case began
+    times: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    def to_dict(self) -> dict:
+        return {
+            "side": self.side,
+            "pair": self.pair,
+            "epoch": self.epoch,
+            "started_s": self.started_s,
+            "times_s": list(self.times),
+        }
+
+
+@dataclass
+class CaseComparison:
+    """A case's blocks and verdict; or why it could not be compared (`failure`)."""
+
+    spec: StepSpec
+    blocks: list[Block] = field(default_factory=list)
+    estimate: Estimate | None = None
+    steps_per_call: int = 1
+    calls_per_block: int = 0
+    elapsed_s: float = 0.0
+    looks: int = 0
+    planned_looks: int = 0
+    prepared: dict = field(default_factory=dict)
+    skipped_updates: dict = field(default_factory=lambda: dict.fromkeys(SIDES, 0))
+    failure: str | None = None
+
+    def block_medians(self, side: str) -> list[float]:
+        return [b.median for b in self.blocks if b.side == side]
+
+    def median(self, side: str) -> float | None:
+        times = [t for b in self.blocks if b.side == side for t in b.times]
+        return statistics.median(times) if times else None
+
+    @property
+    def pairs(self) -> int:
+        return min(sum(b.side == side for b in self.blocks) for side in SIDES)
+
+    @property
+    def epochs(self) -> int:
+        return len({b.epoch for b in self.blocks})
+
+    def pair_log_ratios(self) -> list[list[float]]:
+        """Per epoch, each pair's log(head block median) - log(base block median)."""
+        by_pair: dict[int, dict[str, Block]] = {}
+        for b in self.blocks:
+            by_pair.setdefault(b.pair, {})[b.side] = b
+        by_epoch: dict[int, list[float]] = {}
+        for pair in by_pair.values():
+            if len(pair) == 2:
+                ratio = math.log(pair["head"].median) - math.log(pair["base"].median)
+                by_epoch.setdefault(pair["head"].epoch, []).append(ratio)
+        return list(by_epoch.values())
+
+    @property
+    def verdict(self) -> str:
+        if self.failure:
+            return NOT_COMPARED
+        return self.estimate.verdict if self.estimate else INCONCLUSIVE
+
+    def to_dict(self) -> dict:
+        return {
+            "case": self.spec.label,
+            "spec": self.spec.to_dict(),
+            "verdict": self.verdict,
+            "estimate": self.estimate.to_dict() if self.estimate else None,
+            "failure": self.failure,
+            "base_median_s": self.median("base"),
+            "head_median_s": self.median("head"),
+            "pairs": self.pairs,
+            "epochs": self.epochs,
+            "looks": self.looks,
+            "planned_looks": self.planned_looks,
+            "steps_per_call": self.steps_per_call,
+            "calls_per_block": self.calls_per_block,
+            "elapsed_s": self.elapsed_s,
+            "prepared": self.prepared,
+            "skipped_updates": self.skipped_updates,
+            "blocks": [b.to_dict() for b in self.blocks],
+        }
+
+
+@dataclass
+class Comparison:
+    settings: CompareSettings
+    sides: dict[str, dict] = field(default_factory=dict)  # what each side ran, and where
+    cases: list[CaseComparison] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def deciding_case(self) -> CaseComparison | None:
+        """The case with the most severe verdict (ties: the largest ratio)."""
+        if not self.cases:
+            return None
+        return min(self.cases, key=lambda c: severity(c.verdict, c.estimate and c.estimate.ratio))
+
+    @property
+    def verdict(self) -> str:
+        verdict = overall_verdict([c.verdict for c in self.cases])
+        if self.interrupted and verdict != REGRESSION:
+            return INCONCLUSIVE  # cases never run cannot count as no regression
+        return verdict
+
+    def exit_code(self, fail_on_inconclusive: bool = False) -> int:
+        return exit_code(self.verdict, fail_on_inconclusive)
+
+    def to_dict(self) -> dict:
+        case = self.deciding_case
+        estimate = case.estimate if case else None
+        return {
+            "verdict": self.verdict,
+            "ratio": estimate.ratio if estimate else None,
+            "ci95": list(estimate.ci95) if estimate else None,
+            "p": estimate.p if estimate else None,
+            "deciding_case": case.spec.label if case else None,
+            "interrupted": self.interrupted,
+            "settings": self.settings.to_dict(),
+            "statistic": STATISTIC,
+            "sides": self.sides,
+            "cases": [c.to_dict() for c in self.cases],
+        }

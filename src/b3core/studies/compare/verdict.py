@@ -1,0 +1,182 @@
+"""The statistics behind `b3 compare`'s verdicts. No torch: saved results are judged here too.
+
+Interleaved runs come in pairs of blocks, one block of each side in a balanced random order.
+Each block is summarised by its median step time; each pair gives the log ratio
+log(head median) - log(base median), so drift that is slow against a pair cancels inside it.
+Pairs are grouped in epochs, each run by a fresh pair of worker processes; an epoch's mean log
+ratio is one observation. The ratio HEAD/BASE is exp(mean over epochs), with Student's t
+interval and two-sided test on the epochs' means (scipy's one-sample t-test).
+
+Each claim is one-sided: "regression" needs the interval's lower end above 1, "no regression"
+its upper end below 1 + threshold, so an interval whose two ends each err with probability a
+(two-sided level 1 - 2a) decides at level a. The loop looks at the data more than once, and each
+look is another chance of a false verdict; it plans at most MAX_LOOKS looks, and a run of k
+cases decides each case at alpha / (looks * k) (a Bonferroni bound), so the whole run keeps its
+chance of a false verdict at most alpha.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+REGRESSION, NO_REGRESSION, FASTER, INCONCLUSIVE = (
+    "regression",
+    "no regression",
+    "faster",
+    "inconclusive",
+)
+NOT_COMPARED = "not compared"  # a case one side could not run (it did not fit, say)
+# The most severe case decides a comparison of several cases
+SEVERITY = (REGRESSION, NOT_COMPARED, INCONCLUSIVE, NO_REGRESSION, FASTER)
+EXIT_CODES = {REGRESSION: 1, NOT_COMPARED: 2, INCONCLUSIVE: 3, NO_REGRESSION: 0, FASTER: 0}
+MAX_LOOKS = 4
+POWER = 0.8  # for the smallest detectable slowdown printed with an inconclusive verdict
+
+
+def look_alpha(alpha: float, looks: int, cases: int = 1) -> float:
+    """What each look at each case may spend, so that all of them together spend alpha."""
+    return alpha / (max(1, looks) * max(1, cases))
+
+
+def plan_looks(first: int, last: int, looks: int = MAX_LOOKS) -> list[int]:
+    """Epoch counts at which to look: at most `looks` of them, geometric from first to last."""
+    if last <= first or looks < 2:
+        return [first]
+    growth = (last / first) ** (1 / (looks - 1))
+    return sorted({min(last, round(first * growth**j)) for j in range(looks)})
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A HEAD/BASE step-time ratio with its intervals and test, and the verdict they give."""
+
+    ratio: float
+    ci95: tuple[float, float]
+    decision_ci: tuple[float, float]  # each end errs with probability decision_alpha
+    decision_alpha: float
+    p: float  # two-sided, H0: ratio = 1
+    n: int  # epochs (interleaved) or timed samples per side (saved runs)
+    verdict: str
+    detectable: float | None  # smallest slowdown (a fraction) detectable at this noise
+
+    def to_dict(self) -> dict:
+        return {
+            "verdict": self.verdict,
+            "ratio": self.ratio,
+            "ci95": list(self.ci95),
+            "p": self.p,
+            "decision_ci": list(self.decision_ci),
+            "decision_alpha": self.decision_alpha,
+            "n": self.n,
+            "detectable_slowdown": self.detectable,
+        }
+
+
+def decide(ratio: float, interval: tuple[float, float], threshold: float) -> str:
+    """regression: above 1 + threshold and the interval above 1; faster: below 1 - threshold
+    and the interval below 1; no regression: the interval's upper end below 1 + threshold;
+    otherwise inconclusive."""
+    low, high = interval
+    if ratio > 1 + threshold and low > 1:
+        return REGRESSION
+    if ratio < 1 - threshold and high < 1:
+        return FASTER
+    if high < 1 + threshold:
+        return NO_REGRESSION
+    return INCONCLUSIVE
+
+
+def detectable_slowdown(se: float, df: float, alpha: float, threshold: float) -> float:
+    """The slowdown that would be flagged with probability POWER at this noise: its interval
+    must clear 1 at level alpha, and its estimate must clear 1 + threshold."""
+    t_power = sps.t.ppf(POWER, df)
+    clears_one = (sps.t.ppf(1 - alpha, df) + t_power) * se
+    clears_threshold = math.log1p(threshold) + t_power * se
+    return math.expm1(max(clears_one, clears_threshold))
+
+
+def _estimate(log_ratio: float, test, alpha: float, threshold: float, n: int, se: float, df):
+    ci95 = test.confidence_interval(0.95)
+    decision = test.confidence_interval(1 - 2 * alpha)
+    ratio = math.exp(log_ratio)
+    decision_ci = (math.exp(decision.low), math.exp(decision.high))
+    verdict = decide(ratio, decision_ci, threshold)
+    detectable = detectable_slowdown(se, df, alpha, threshold) if verdict == INCONCLUSIVE else None
+    return Estimate(
+        ratio,
+        (math.exp(ci95.low), math.exp(ci95.high)),
+        decision_ci,
+        alpha,
+        float(test.pvalue),
+        n,
+        verdict,
+        detectable,
+    )
+
+
+def _jitter_if_constant(values: np.ndarray) -> np.ndarray:
+    # identical values (a fake clock): scipy's t has no spread to work with; the interval is
+    # then the point, as it should be
+    if np.ptp(values) == 0:
+        return values + np.linspace(-1e-12, 1e-12, len(values))
+    return values
+
+
+def clustered_estimate(
+    log_ratios: Sequence[Sequence[float]], *, alpha: float, threshold: float
+) -> Estimate:
+    """The ratio from interleaved pairs grouped by epoch: log_ratios[e] holds epoch e's pairs'
+    log(head/base). Each epoch's mean is one observation, so the interval holds the spread
+    between worker processes as well as between blocks. Decided at level alpha (the look's
+    share)."""
+    means = np.array([np.mean(epoch) for epoch in log_ratios if len(epoch)], float)
+    if len(means) < 2:
+        raise ValueError("an estimate needs at least two epochs")
+    test = sps.ttest_1samp(_jitter_if_constant(means), 0.0)
+    se = float(means.std(ddof=1) / math.sqrt(len(means)))
+    return _estimate(float(means.mean()), test, alpha, threshold, len(means), se, len(means) - 1)
+
+
+def unpaired_estimate(
+    base_times: Sequence[float],
+    head_times: Sequence[float],
+    *,
+    alpha: float,
+    threshold: float,
+) -> Estimate:
+    """The ratio of two separate runs' step times: Welch's t on log times. Drift between the
+    runs, and the difference between their two processes, are not in this interval, which is
+    why interleaved runs are the stronger evidence."""
+    a, b = np.log(np.asarray(base_times, float)), np.log(np.asarray(head_times, float))
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("each side needs at least two times")
+    test = sps.ttest_ind(_jitter_if_constant(b), _jitter_if_constant(a), equal_var=False)
+    se = float(math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
+    n = min(len(a), len(b))
+    return _estimate(float(b.mean() - a.mean()), test, alpha, threshold, n, se, test.df)
+
+
+def overall_verdict(verdicts: Sequence[str]) -> str:
+    """The most severe verdict; faster only when every case is faster."""
+    if not verdicts:
+        return INCONCLUSIVE
+    worst = min(verdicts, key=SEVERITY.index)
+    if worst == FASTER and any(v != FASTER for v in verdicts):
+        return NO_REGRESSION
+    return worst
+
+
+def severity(verdict: str, ratio: float | None) -> tuple[int, float]:
+    """A sort key: the most severe verdict first, and within a verdict the largest ratio."""
+    return SEVERITY.index(verdict), -(ratio or 0.0)
+
+
+def exit_code(verdict: str, fail_on_inconclusive: bool = False) -> int:
+    """0 no regression or faster, 1 regression, 2 not compared, 3 inconclusive (or 1)."""
+    code = EXIT_CODES[verdict]
+    return 1 if code == 3 and fail_on_inconclusive else code
