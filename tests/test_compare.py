@@ -1,0 +1,295 @@
+"""`b3 compare` end to end, in throwaway git repositories holding b3's own source: a large
+injected slowdown is a regression, HEAD against HEAD is not, bad input is one line and exit 2,
+and nothing is left behind (worktrees, worker processes), also after Ctrl-C or a dead worker."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from b3core.studies.compare.power import STEP_CALL, TRAINING, slowed_repository
+
+# One thread per worker keeps two processes of the same code closer together on a small
+# machine; the statistics are tested in test_compare_stats.py, the mechanics here.
+FAST = ["--model", "simple_cnn", "--batch-size", "8", "--device", "cpu", "--epoch-time", "0.5"]
+
+
+def b3_compare(repo: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "b3core.cli", "compare", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def worktrees(repo: Path) -> list[str]:
+    out = subprocess.run(
+        ["git", "-C", str(repo), "worktree", "list", "--porcelain"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line for line in out.splitlines() if line.startswith("worktree ")]
+
+
+def workers_running(repo: Path) -> list[str]:
+    """Command lines of live worker processes of this repository's worktrees."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "compare/worker.py" in cmdline and "b3-compare-" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def commit_step_change(repo: Path, replacement: str, message: str) -> None:
+    """A new HEAD whose training step runs `replacement` instead of b3's step call."""
+    path = repo / TRAINING
+    source = path.read_text()
+    marker = "        began = _time.perf_counter()\n"  # the slowed step's first line
+    start = source.index(marker)
+    end = source.index("        return loss\n", start) + len("        return loss\n")
+    path.write_text(source[:start] + replacement + source[end:])
+    subprocess.run(["git", "-C", str(repo), "commit", "-qam", message], check=True)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """HEAD~1: b3 as it is; HEAD: the training step 3x as long (+200%)."""
+    return slowed_repository(tmp_path_factory.mktemp("compare") / "repo", 2.0)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    assert proc.returncode == code, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_a_large_slowdown_is_a_regression(repo, tmp_path):
+    out = tmp_path / "compare.json"
+    proc = b3_compare(
+        repo,
+        "HEAD~1",
+        "HEAD",
+        *FAST,
+        "--min-epochs",
+        "4",
+        "--alpha",
+        "0.2",
+        "--json",
+        str(out),
+        "--plot",
+        str(tmp_path / "blocks.png"),
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    record = json.loads(out.read_text())
+    assert record["verdict"] == "regression"
+    assert record["ratio"] > 2 and record["ci95"][0] > 1.5 and record["p"] < 0.05
+    sides = record["sides"]
+    head_sha = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    assert sides["head"]["sha"] == head_sha and sides["base"]["sha"] != head_sha
+    assert sides["head"]["machine"]["torch"] and sides["base"]["b3core_version"]
+    assert "/head/" in sides["head"]["b3core_path"] + "/"  # each side timed its own tree
+    blocks = record["cases"][0]["blocks"]
+    assert {b["side"] for b in blocks} == {"base", "head"} and all(b["times_s"] for b in blocks)
+    assert "regression" in proc.stdout and "head/base" in proc.stdout
+    assert (tmp_path / "blocks.png").stat().st_size > 0
+    assert len(worktrees(repo)) == 1 and not workers_running(repo)
+
+
+@pytest.mark.slow
+def test_head_against_head_is_no_regression(repo, tmp_path):
+    out = tmp_path / "compare.json"
+    proc = b3_compare(
+        repo, "HEAD", "HEAD", *FAST, "--threshold", "0.5", "--alpha", "0.2", "--json", str(out)
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads(out.read_text())
+    assert record["verdict"] == "no regression" and record["ci95"][1] < 1.5
+    assert len(worktrees(repo)) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["no-such-revision", "HEAD"], "unknown revision 'no-such-revision'"),
+        (["HEAD"], "give both BASE and HEAD"),
+        (["HEAD~1", "HEAD", "--base-python", "/no/such/python"], "no interpreter"),
+        (["HEAD~1", "HEAD", "--threshold", "2"], "between 0 and 1"),
+        ([], "give BASE and HEAD revisions"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(repo, args, fragment):
+    case = ["--model", "simple_cnn", "--batch-size", "8", "--device", "cpu"]
+    proc = b3_compare(repo, *args, *case, timeout=60)
+    assert fragment in one_line_error(proc)
+    assert len(worktrees(repo)) == 1
+
+
+def test_a_dirty_tree_cannot_be_worktree(repo):
+    (repo / "README.md").write_text("uncommitted\n")
+    subprocess.run(["git", "-C", str(repo), "add", "README.md"], check=True)
+    try:
+        proc = b3_compare(repo, "HEAD", "WORKTREE", *FAST, timeout=60)
+        assert "uncommitted changes" in one_line_error(proc)
+    finally:
+        subprocess.run(["git", "-C", str(repo), "rm", "-qf", "--cached", "README.md"])
+        (repo / "README.md").unlink()
+
+
+def test_revisions_outside_a_git_repository(tmp_path):
+    proc = b3_compare(tmp_path, "HEAD~1", "HEAD", *FAST, timeout=60)
+    assert "not in a git repository" in one_line_error(proc)
+
+
+@pytest.mark.slow
+def test_a_side_without_the_model_is_one_line(repo):
+    proc = b3_compare(repo, "HEAD~1", "HEAD", *FAST[2:], "--model", "no_such_net", timeout=90)
+    assert "unknown model 'no_such_net'" in one_line_error(proc)
+    assert len(worktrees(repo)) == 1 and not workers_running(repo)
+
+
+@pytest.mark.slow
+def test_a_side_whose_code_does_not_import(tmp_path):
+    repo = slowed_repository(tmp_path / "repo", 0.1)
+    runner = repo / "src/b3core/measuring/runner.py"
+    runner.write_text(runner.read_text().replace("def prepare(", "def prepare_renamed("))
+    subprocess.run(["git", "-C", str(repo), "commit", "-qam", "no prepare"], check=True)
+    proc = b3_compare(repo, "HEAD~1", "HEAD", *FAST, timeout=90)
+    line = one_line_error(proc)
+    assert "HEAD" in line and "prepare" in line
+    assert len(worktrees(repo)) == 1 and not workers_running(repo)
+
+
+@pytest.mark.slow
+def test_out_of_memory_on_one_side_is_reported_not_judged(tmp_path):
+    repo = slowed_repository(tmp_path / "repo", 0.1)
+    commit_step_change(
+        repo,
+        '        raise MemoryError("simulated: the batch does not fit")\n',
+        "head: every step runs out of memory",
+    )
+    out = tmp_path / "compare.json"
+    proc = b3_compare(repo, "HEAD~1", "HEAD", *FAST, "--json", str(out), timeout=90)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    record = json.loads(out.read_text())
+    case = record["cases"][0]
+    assert case["verdict"] == "not compared" and "HEAD: out of memory" in case["failure"]
+    assert record["ratio"] is None
+    assert "out of memory" in proc.stdout
+    assert len(worktrees(repo)) == 1 and not workers_running(repo)
+
+
+@pytest.mark.slow
+def test_a_dying_worker_ends_both_and_removes_the_worktrees(tmp_path):
+    repo = slowed_repository(tmp_path / "repo", 0.1)
+    commit_step_change(
+        repo, '        __import__("os")._exit(9)\n', "head: the worker dies in its first step"
+    )
+    proc = b3_compare(repo, "HEAD~1", "HEAD", *FAST, timeout=90)
+    assert "worker died" in one_line_error(proc)
+    assert len(worktrees(repo)) == 1 and not workers_running(repo)
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_workers_and_removes_the_worktrees(repo):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "b3core.cli",
+            "compare",
+            "HEAD~1",
+            "HEAD",
+            *FAST,
+            "--max-time",
+            "100",
+            "--min-epochs",
+            "50",
+        ],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not workers_running(repo) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers_running(repo), "no worker started"
+    time.sleep(8)  # into the timed blocks
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert "simple_cnn" in stdout  # what was measured is still reported
+    assert len(worktrees(repo)) == 1 and not workers_running(repo)
+
+
+def test_the_slowdown_still_wraps_the_step():
+    """The power benchmark and these tests inject their slowdown around this exact text."""
+    source = (Path(__file__).resolve().parents[1] / TRAINING).read_text()
+    assert STEP_CALL in source
+
+
+def saved_run(path: Path, step_s: float, seed: int, slug: str = "vm-cpu") -> Path:
+    """A pytest-benchmark JSON holding one b3 case with 30 raw times around step_s."""
+    import numpy as np
+
+    from b3core.measuring.result import PeakMemory, StepResult
+    from b3core.measuring.stats import Measurement
+    from b3core.spec.step import StepSpec
+
+    times = np.exp(np.random.default_rng(seed).normal(np.log(step_s), 0.02, 30))
+    result = StepResult(
+        StepSpec(model="simple_cnn", batch_size=8, device="cpu"),
+        Measurement(tuple(times), 8, 1, "blocked"),
+        PeakMemory(1000, None, "rss"),
+        "cpu",
+    )
+    record = {"name": "x", "extra_info": {"b3_result": result.to_dict()}}
+    path.write_text(json.dumps({"machine_info": {"b3_slug": slug}, "benchmarks": [record]}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("head_step_s", "verdict", "code"),
+    [(0.012, "regression", 1), (0.010, "no regression", 0), (0.008, "faster", 0)],
+)
+def test_saved_runs_get_a_significance_test(tmp_path, head_step_s, verdict, code):
+    base = saved_run(tmp_path / "base.json", 0.010, seed=1)
+    head = saved_run(tmp_path / "head.json", head_step_s, seed=2)
+    out = tmp_path / "verdict.json"
+    proc = b3_compare(tmp_path, "--saved", str(base), str(head), "--json", str(out), timeout=60)
+    assert proc.returncode == code, proc.stderr
+    record = json.loads(out.read_text())
+    assert record["verdict"] == verdict and record["interleaved"] is False
+    assert record["ratio"] == pytest.approx(head_step_s / 0.010, rel=0.03)
+    assert record["ci95"][0] < record["ratio"] < record["ci95"][1] and 0 <= record["p"] <= 1
+    assert "weaker evidence" in proc.stdout
+
+
+def test_saved_runs_that_share_no_case(tmp_path):
+    base = saved_run(tmp_path / "base.json", 0.010, seed=1)
+    other = json.loads(base.read_text())
+    other["benchmarks"][0]["extra_info"]["b3_result"]["spec"]["batch_size"] = 16
+    head = tmp_path / "head.json"
+    head.write_text(json.dumps(other))
+    proc = b3_compare(tmp_path, "--saved", str(base), str(head), timeout=60)
+    assert "share no b3 case" in one_line_error(proc)
+    missing = b3_compare(tmp_path, "--saved", str(base), str(tmp_path / "nope.json"), timeout=60)
+    assert "does not exist" in one_line_error(missing)

@@ -1,0 +1,225 @@
+"""`b3 compare`'s statistics and loop, on synthetic numbers and fake workers: no processes, no
+clock. What the verdicts mean, that epochs (not blocks) are the unit, that the looks keep the
+error rate, and that interleaving cancels drift."""
+
+import itertools
+import math
+import random
+
+import numpy as np
+import pytest
+
+from b3core.spec.step import StepSpec
+from b3core.studies.compare import interleave
+from b3core.studies.compare.interleave import CaseComparison, pair_orders, run_case
+from b3core.studies.compare.settings import CompareSettings
+from b3core.studies.compare.verdict import (
+    FASTER,
+    INCONCLUSIVE,
+    MAX_LOOKS,
+    NO_REGRESSION,
+    NOT_COMPARED,
+    REGRESSION,
+    clustered_estimate,
+    decide,
+    exit_code,
+    look_alpha,
+    overall_verdict,
+    plan_looks,
+    unpaired_estimate,
+)
+
+
+@pytest.mark.parametrize(
+    ("ratio", "interval", "verdict"),
+    [
+        (1.05, (1.03, 1.07), REGRESSION),
+        (1.05, (0.99, 1.11), INCONCLUSIVE),  # big, but not significant
+        (1.01, (1.005, 1.015), NO_REGRESSION),  # significant, but below the threshold
+        (0.95, (0.93, 0.97), FASTER),
+        (1.0, (0.99, 1.01), NO_REGRESSION),
+        (1.0, (0.95, 1.05), INCONCLUSIVE),  # the upper bound reaches past 1.02
+    ],
+)
+def test_decide(ratio, interval, verdict):
+    assert decide(ratio, interval, threshold=0.02) == verdict
+
+
+def test_the_looks_spend_at_most_alpha():
+    looks = plan_looks(5, 40)
+    assert len(looks) <= MAX_LOOKS and looks[0] == 5 and looks[-1] == 40
+    assert looks == sorted(set(looks))
+    assert look_alpha(0.05, looks=4, cases=3) == pytest.approx(0.05 / 12)
+    assert plan_looks(5, 3) == [5]
+
+
+def test_epochs_not_blocks_are_the_unit():
+    """Pairs agree perfectly inside each epoch, but epochs differ by a few percent (two processes
+    of the same code): the interval must be as wide as the epochs' spread says, or a process's
+    luck becomes a verdict."""
+    effects = [0.04, -0.03, 0.02, -0.04, 0.01]
+    epochs = [[e] * 50 for e in effects]
+    estimate = clustered_estimate(epochs, alpha=0.05, threshold=0.02)
+    assert estimate.n == len(effects)
+    sd = np.std(effects, ddof=1)
+    assert math.log(estimate.ci95[1]) - math.log(estimate.ratio) > 2 * sd / math.sqrt(5)
+    assert estimate.verdict == INCONCLUSIVE
+
+
+def test_a_clear_slowdown_is_a_regression_and_none_is_no_regression():
+    rng = np.random.default_rng(0)
+    slowed = [list(math.log(1.10) + rng.normal(0, 0.01, 10)) for _ in range(8)]
+    same = [list(rng.normal(0, 0.01, 10)) for _ in range(8)]
+    assert clustered_estimate(slowed, alpha=0.0125, threshold=0.02).verdict == REGRESSION
+    unchanged = clustered_estimate(same, alpha=0.0125, threshold=0.02)
+    assert unchanged.verdict == NO_REGRESSION and unchanged.detectable is None
+    inconclusive = clustered_estimate(
+        [list(rng.normal(0, 0.2, 3)) for _ in range(3)], alpha=0.0125, threshold=0.02
+    )
+    assert inconclusive.verdict == INCONCLUSIVE and inconclusive.detectable > 0.02
+
+
+def test_the_decision_interval_errs_alpha_at_each_end():
+    """A one-sided claim at level a reads the two-sided interval of level 1 - 2a."""
+    rng = np.random.default_rng(2)
+    epochs = [list(rng.normal(0.01, 0.02, 5)) for _ in range(12)]
+    estimate = clustered_estimate(epochs, alpha=0.025, threshold=0.02)
+    assert estimate.decision_alpha == 0.025
+    assert estimate.decision_ci == pytest.approx(estimate.ci95)
+
+
+def test_unpaired_estimate_of_separate_runs():
+    rng = np.random.default_rng(1)
+    base = np.exp(rng.normal(math.log(0.010), 0.02, 40))
+    head = np.exp(rng.normal(math.log(0.012), 0.02, 40))
+    estimate = unpaired_estimate(base, head, alpha=0.05, threshold=0.02)
+    assert estimate.verdict == REGRESSION and 1.15 < estimate.ratio < 1.25
+    assert unpaired_estimate(base, base, alpha=0.05, threshold=0.02).verdict == NO_REGRESSION
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "overall", "code"),
+    [
+        ([NO_REGRESSION, REGRESSION, INCONCLUSIVE], REGRESSION, 1),
+        ([NO_REGRESSION, NOT_COMPARED], NOT_COMPARED, 2),
+        ([NO_REGRESSION, INCONCLUSIVE], INCONCLUSIVE, 3),
+        ([FASTER, NO_REGRESSION], NO_REGRESSION, 0),
+        ([FASTER, FASTER], FASTER, 0),
+    ],
+)
+def test_the_most_severe_case_decides(verdicts, overall, code):
+    assert overall_verdict(verdicts) == overall
+    assert exit_code(overall) == code
+    assert exit_code(INCONCLUSIVE, fail_on_inconclusive=True) == 1
+
+
+def test_pair_orders_are_balanced():
+    orders = list(itertools.islice(pair_orders(random.Random(3)), 200))
+    base_first = sum(order[0] == "base" for order in orders)
+    assert base_first == 100
+    for i in range(0, 200, 2):  # each two pairs: one of each
+        assert {orders[i][0], orders[i + 1][0]} == {"base", "head"}
+    assert len({tuple(o) for o in orders[:20:2]}) == 2  # and which comes first is random
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+
+class FakeWorker:
+    """A side whose step takes `speed(now) * factor * process_effect` seconds: the machine's
+    drift hits every side alike, the process effect is this worker's own."""
+
+    def __init__(self, clock, factor, speed, process_effect, log, second_discount=1.0):
+        self.clock, self.factor, self.speed, self.effect, self.log = (
+            clock,
+            factor,
+            speed,
+            process_effect,
+            log,
+        )
+        self.second_discount = second_discount  # the second block of a pair runs faster
+
+    def ask(self, op, **kw):
+        if op == "prepare":
+            self.clock.now += 1.0
+            return {"step_s": 0.01, "warmup": {}, "device": "cpu"}
+        step = self.speed(self.clock.now) * self.factor * self.effect
+        if len(self.log) % 2:  # pairs are two consecutive blocks: this one comes second
+            step *= self.second_discount
+        self.log.append(self)
+        self.clock.now += step * kw["calls"] * kw["steps"]
+        return {"times": [step] * kw["calls"], "skipped_updates": 0}
+
+    def retire(self):
+        pass
+
+
+def fake_case(
+    monkeypatch, head_factor, *, drift, process_sd=0.0, settings=None, second=1.0, cases=1
+):
+    clock = FakeClock()
+    monkeypatch.setattr(interleave.time, "monotonic", clock.monotonic)
+    rng = random.Random(0)
+    started, asked = [], []
+
+    def speed(now):  # the machine slows by `drift` per 100 s
+        return 0.01 * (1 + drift * now / 100)
+
+    def start_workers():
+        clock.now += 5.0  # processes start
+        workers = {
+            side: FakeWorker(clock, f, speed, math.exp(rng.gauss(0, process_sd)), asked, second)
+            for side, f in (("base", 1.0), ("head", head_factor))
+        }
+        started.append(workers)
+        return workers
+
+    out = CaseComparison(StepSpec(model="simple_cnn", batch_size=8, device="cpu"))
+    run_case(start_workers, out, settings or CompareSettings(max_time_s=150), cases=cases)
+    return out, started, asked
+
+
+def test_interleaving_cancels_drift(monkeypatch):
+    """The machine slows by 50% over the run: interleaved pairs still give the true ratio."""
+    out, _, _ = fake_case(monkeypatch, 1.03, drift=0.5)
+    assert out.verdict == REGRESSION
+    assert out.estimate.ratio == pytest.approx(1.03, rel=2e-3)
+    same, _, _ = fake_case(monkeypatch, 1.0, drift=0.5)
+    assert same.verdict == NO_REGRESSION
+
+
+def test_the_balanced_order_cancels_going_second(monkeypatch):
+    """The second block of every pair runs 5% faster (warm caches): both sides go second
+    equally often, so the ratio stays 1."""
+    out, _, asked = fake_case(monkeypatch, 1.0, drift=0.0, second=0.95)
+    assert out.estimate.ratio == pytest.approx(1.0, abs=2e-3)
+    assert out.verdict == NO_REGRESSION
+    assert len(asked) > len(out.blocks)  # the untimed settling blocks ran first
+
+
+def test_every_epoch_runs_fresh_workers_and_the_looks_stop_it(monkeypatch):
+    settings = CompareSettings(max_time_s=150, min_epochs=4)
+    out, started, _ = fake_case(
+        monkeypatch, 1.0, drift=0.0, process_sd=0.05, settings=settings, cases=3
+    )
+    assert len(started) == out.epochs >= 4
+    assert len({id(w) for workers in started for w in workers.values()}) == 2 * len(started)
+    assert {b.epoch for b in out.blocks} == set(range(out.epochs))
+    assert 1 <= out.looks <= out.planned_looks <= MAX_LOOKS
+    # each look at each of the run's 3 cases decides at its share of alpha
+    assert out.estimate.decision_alpha == pytest.approx(0.05 / (out.planned_looks * 3))
+    # processes that differ by 5% give no verdict from one epoch's many agreeing pairs
+    assert out.verdict == INCONCLUSIVE
+    assert out.elapsed_s >= settings.max_time_s
+
+
+def test_a_decided_case_stops_early(monkeypatch):
+    out, _, _ = fake_case(monkeypatch, 1.5, drift=0.0)
+    assert out.verdict == REGRESSION
+    assert out.epochs == CompareSettings().min_epochs and out.looks == 1
+    assert out.elapsed_s < CompareSettings().max_time_s
