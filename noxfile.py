@@ -49,6 +49,16 @@ def report(session: nox.Session) -> None:
 
 
 @nox.session(venv_params=REUSE_TORCH)
+def compare(session: nox.Session) -> None:
+    """`b3 compare`, interleaved: `nox -s compare -- origin/main HEAD --profile quick`. No
+    regression (0) and inconclusive (3) pass; a regression (1) or a case not compared (2) fails;
+    add --fail-on-inconclusive to fail on 3 too."""
+    install(session)
+    args = session.posargs or ["origin/main", "HEAD", "--profile", "quick", "--device", "cpu"]
+    session.run("b3", "compare", *args, success_codes=[0, 3])
+
+
+@nox.session(venv_params=REUSE_TORCH)
 def asv_quick(session: nox.Session) -> None:
     """Smoke run of the asv suite in this environment: every benchmark once, nothing saved."""
     install(session)

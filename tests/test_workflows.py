@@ -42,7 +42,7 @@ def test_every_nox_session_a_workflow_calls_exists(name):
     sessions = nox_sessions()
     called = set()
     for line in run_lines(load(name)):
-        for command in re.split(r"&&|\n", line):
+        for command in re.split(r"&&|\n", line.replace("\\\n", " ")):
             words = shlex.split(command.replace(">", ""), comments=True)
             for i, word in enumerate(words[:-1]):
                 if words[0] == "nox" and word == "-s":
@@ -73,7 +73,12 @@ def test_nightly_runs_on_schedule_on_gpu_runners_and_never_for_pull_requests():
     assert "vars.B3_GPU_RUNNERS == 'true'" in job["if"]  # forks do not inherit the variable
     script = "\n".join(run_lines(nightly))
     assert "nvidia-smi" in script and "torch.cuda.device_count()" in script
-    assert "asv_continuous" in script.splitlines()[-1]  # the regression gate comes last
+    # the regression gates come last, after everything has been published
+    gates = job["steps"][-2:]
+    assert "asv_continuous" in gates[0]["run"]
+    assert gates[1]["if"] == "steps.compare.outcome == 'failure'"
+    compare = next(step for step in job["steps"] if step.get("id") == "compare")
+    assert "nox -s compare" in compare["run"] and compare["continue-on-error"] is True
     uses = [step.get("uses", "") for step in job["steps"]]
     assert any("upload-artifact" in u for u in uses) and any("gh-pages" in u for u in uses)
 
@@ -105,3 +110,16 @@ def test_readme_main_job_is_a_valid_b3_command():
     main_job = next(line for line in section.splitlines() if line.startswith("b3 "))
     args = build_parser().parse_args(shlex.split(main_job)[1:])
     assert args.command == "sweep" and args.batch_sizes == [15, 16, 17, 31, 32, 33, 63, 64, 65]
+
+
+def test_pull_requests_compare_base_and_head_without_secrets():
+    ci = load("ci.yml")
+    assert "pull_request_target" not in triggers(ci)  # a fork's code never sees secrets
+    assert ci["permissions"] == {"contents": "read"}
+    job = ci["jobs"]["compare"]
+    assert job["if"] == "github.event_name == 'pull_request'"
+    checkout = job["steps"][0]
+    assert checkout["with"]["fetch-depth"] == 0 and checkout["with"]["persist-credentials"] is False
+    script = "\n".join(step.get("run", "") for step in job["steps"])
+    assert "nox -s compare --" in script and "HEAD --profile quick" in script
+    assert "$GITHUB_STEP_SUMMARY" in script
