@@ -93,6 +93,8 @@ def test_a_large_slowdown_is_a_regression(repo, tmp_path):
         str(out),
         "--plot",
         str(tmp_path / "blocks.png"),
+        "--markdown",
+        str(tmp_path / "summary.md"),
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     record = json.loads(out.read_text())
@@ -109,6 +111,8 @@ def test_a_large_slowdown_is_a_regression(repo, tmp_path):
     assert {b["side"] for b in blocks} == {"base", "head"} and all(b["times_s"] for b in blocks)
     assert "regression" in proc.stdout and "head/base" in proc.stdout
     assert (tmp_path / "blocks.png").stat().st_size > 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("### b3 compare HEAD~1 HEAD") and "| simple_cnn" in summary
     assert len(worktrees(repo)) == 1 and not workers_running(repo)
 
 
@@ -293,3 +297,88 @@ def test_saved_runs_that_share_no_case(tmp_path):
     assert "share no b3 case" in one_line_error(proc)
     missing = b3_compare(tmp_path, "--saved", str(base), str(tmp_path / "nope.json"), timeout=60)
     assert "does not exist" in one_line_error(missing)
+
+
+@pytest.mark.slow
+def test_two_interpreters_on_the_same_code(repo, tmp_path):
+    """--base-python/--head-python: the working tree as it is, on each side's interpreter."""
+    out = tmp_path / "compare.json"
+    proc = b3_compare(
+        repo,
+        "--base-python",
+        sys.executable,
+        "--head-python",
+        sys.executable,
+        *FAST,
+        "--max-time",
+        "10",
+        "--min-epochs",
+        "2",
+        "--json",
+        str(out),
+    )
+    assert proc.returncode in (0, 3), proc.stdout + proc.stderr
+    sides = json.loads(out.read_text())["sides"]
+    for side in ("base", "head"):
+        assert sides[side]["revision"] == "WORKTREE" and sides[side]["python"] == sys.executable
+        assert Path(sides[side]["b3core_path"]) == repo / "src" / "b3core"
+    assert len(worktrees(repo)) == 1
+
+
+def test_a_profile_gives_every_case_and_the_case_options_narrow_it():
+    from b3core.cli import build_parser
+    from b3core.cli.compare import _cases
+
+    parse = build_parser().parse_args
+    args = parse(["compare", "A", "B", "--profile", "quick", "--device", "cpu"])
+    everything = _cases(args)
+    assert len(everything) > 10 and {c.mode for c in everything} == {"train", "inference"}
+    narrowed = _cases(
+        parse(
+            [
+                "compare",
+                "A",
+                "B",
+                "--profile",
+                "quick",
+                "--device",
+                "cpu",
+                "--model",
+                "simple_cnn",
+                "--batch-size",
+                "16",
+            ]
+        )
+    )
+    assert {(c.model, c.batch_size) for c in narrowed} == {("simple_cnn", 16)}
+    assert {c.accumulation_steps for c in narrowed if c.mode == "train"} == {1, 2}
+    one = _cases(
+        parse(
+            [
+                "compare",
+                "A",
+                "B",
+                "--model",
+                "resnet18",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+                "--image-size",
+                "32",
+            ]
+        )
+    )
+    assert [(c.model, c.batch_size, c.image_size, c.mode) for c in one] == [
+        ("resnet18", 4, 32, "train")
+    ]
+
+
+def test_outputs_that_cannot_be_written_fail_first(repo, tmp_path):
+    """Before minutes of measuring, not after them."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    began = time.monotonic()
+    proc = b3_compare(repo, "HEAD~1", "HEAD", *FAST, "--json", str(blocker / "out.json"))
+    assert "--json" in one_line_error(proc) and "cannot" in proc.stderr
+    assert time.monotonic() - began < 30 and len(worktrees(repo)) == 1

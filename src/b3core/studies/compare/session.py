@@ -51,14 +51,14 @@ def compare(
             """A fresh worker per side, both started before either is asked anything (so they
             import in parallel, while the last epoch's workers tear down); those have ended
             before this returns, so their memory is free."""
-            retiring = list(live)
-            live.clear()
-            try:
-                for side in sides:
-                    live.append(WorkerProcess(side))
-            finally:
-                close_all(retiring)
-            workers = dict(zip((side.name for side in sides), live))
+            retiring, fresh = list(live), []
+            for side in sides:  # until closed, every worker stays in `live`, whatever happens
+                fresh.append(WorkerProcess(side))
+                live.append(fresh[-1])
+            close_all(retiring)
+            for worker in retiring:
+                live.remove(worker)
+            workers = dict(zip((side.name for side in sides), fresh))
             for side in sides:
                 if side.name not in result.sides:  # the first workers speak for all
                     hello = workers[side.name].ask("hello")
