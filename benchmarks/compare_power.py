@@ -67,7 +67,7 @@ def calibrate(model: str, batch_size: int, image_size: int, fraction: float, pai
     from b3core.spec.step import StepSpec
     from b3core.workloads.training import Trainer
 
-    spec = StepSpec(model=model, batch_size=batch_size, image_size=image_size, device="cpu")
+    spec = StepSpec(model=model, batch_size=batch_size, image_size=image_size or None, device="cpu")
     ready = prepare(spec, warmup=5)
     plain = Trainer.step
 
@@ -100,7 +100,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mobilenet_v3_small")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=64, help="0: the model's own")
     p.add_argument("--slowdown", type=float, default=0.05)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--max-time", type=float, default=None, help="b3 compare's --max-time")
@@ -156,7 +156,8 @@ def main() -> int:
         + "\n"
     )
     title = (
-        f"# b3 compare's power: {args.model} bs{args.batch_size} img{args.image_size} fp32 cpu, "
+        f"# b3 compare's power: {args.model} bs{args.batch_size} "
+        f"img{args.image_size or 'default'} fp32 cpu, "
         f"+{args.slowdown:.0%} injected\n\n"
     )
     out.with_suffix(".md").write_text(

@@ -34,7 +34,7 @@ MAX_CALLS_PER_BLOCK = 200
 # Untimed pairs after the warm-up, for at least this long: a fresh process's first blocks run
 # up to 3x slow on a CPU (page faults, allocator growth, thread pools), far past 2 warm-up steps
 SETTLING_SECONDS = 1.5
-MIN_EPOCH_PAIRS = 3
+MIN_EPOCH_PAIRS = 4  # and even: each order runs equally often
 
 
 def pair_orders(rng: random.Random):

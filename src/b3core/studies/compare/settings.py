@@ -45,6 +45,7 @@ class CompareSettings(Record):
         metadata=option(
             "--max-time",
             parse=_seconds,
+            metavar="SECONDS",
             help="seconds per case, warm-up included, before an undecided case is called "
             f"inconclusive (default {DEFAULT_MAX_TIME_S:g})",
         ),
@@ -70,6 +71,7 @@ class CompareSettings(Record):
         metadata=option(
             "--epoch-time",
             parse=_seconds,
+            metavar="SECONDS",
             help="seconds of interleaved blocks per pair of worker processes, before both are "
             f"replaced by fresh ones (default {DEFAULT_EPOCH_S:g})",
         ),
