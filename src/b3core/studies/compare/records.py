@@ -68,9 +68,6 @@ class CaseComparison:
     skipped_updates: dict = field(default_factory=lambda: dict.fromkeys(SIDES, 0))
     failure: str | None = None
 
-    def block_medians(self, side: str) -> list[float]:
-        return [b.median for b in self.blocks if b.side == side]
-
     def median(self, side: str) -> float | None:
         times = [t for b in self.blocks if b.side == side for t in b.times]
         return statistics.median(times) if times else None
