@@ -105,6 +105,9 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--max-time", type=float, default=None, help="b3 compare's --max-time")
     p.add_argument("--out", required=True, help="path stem: writes OUT.json and OUT.md")
+    p.add_argument(
+        "--append", action="store_true", help="add these runs to OUT.json's (same settings)"
+    )
     args = p.parse_args()
     case = ["--model", args.model, "--batch-size", str(args.batch_size), "--device", "cpu"]
     if args.image_size:
@@ -117,10 +120,14 @@ def main() -> int:
         f"({injected[1]:.3f} to {injected[2]:.3f})",
         flush=True,
     )
+    out = Path(args.out)
     runs = []
+    if args.append:
+        runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    first = 1 + max((r["run"] for r in runs), default=-1)
     with tempfile.TemporaryDirectory(prefix="b3-power-") as tmp:
         repo = slowed_repository(Path(tmp) / "repo", args.slowdown)
-        for i in range(args.runs):
+        for i in range(first, first + args.runs):
             for kind, base in (("slowed", "HEAD~1"), ("unchanged", "HEAD")):
                 row = run_compare(repo, base, "HEAD", case, Path(tmp) / "compare.json")
                 runs.append({"run": i, "kind": kind, **row})
@@ -140,9 +147,8 @@ def main() -> int:
         max_wall_s=("wall_s", "max"),
         median_wall_s=("wall_s", "median"),
     )
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "append", "runs")}
     out.with_suffix(".json").write_text(
         json.dumps(
             {
