@@ -128,10 +128,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     sides, cases = _sides(args), _cases(args)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    for side in sides:
-        print(f"{side.name.upper()}: {side.revision}, {side.python}", file=sys.stderr)
 
     def started(case) -> None:
+        if case.spec is cases[0]:
+            for side in sides:  # once the sides are known to be good: bad input stays one line
+                print(f"{side.name.upper()}: {side.revision}, {side.python}", file=sys.stderr)
         print(
             f"comparing {case.spec.label} (up to {settings.max_time_s:g} s) ...",
             file=sys.stderr,
