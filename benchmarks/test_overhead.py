@@ -23,10 +23,7 @@ def handwritten_step(spec: StepSpec, device: torch.device):
     torch.manual_seed(0)
     model = create_model(spec.model).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
-    model_spec = get_model_spec(spec.model)
-    x, y = synthetic_batch(
-        spec.batch_size, model_spec.input_shape(), model_spec.num_classes, device
-    )
+    x, y = synthetic_batch(spec.batch_size, get_model_spec(spec.model).resolve_input(), device)
 
     def step():
         loss = nn.functional.cross_entropy(model(x), y)

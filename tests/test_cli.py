@@ -133,13 +133,17 @@ def test_step_options_are_the_spec_fields(capsys):
         "step --model resnet18 --batch_size 4 --precision bf16 --accumulation-steps 3 "
         "--inference --image-size 64 --num-classes 7 --optimizer sgd --learning_rate 0.1 "
         "--channels-last --compile --no-cudnn-benchmark --device cpu --repeats 3 --warmup 4 "
-        "--clock blocked --block-steps 2"
+        "--clock blocked --block-steps 2 --input-dtype int64 --vocab-size 50 --loss m:loss "
+        "--train-step m:step"
     )
     args = build_parser().parse_args(argv.split()[0:])
     spec, timing = spec_from_args(args), timing_from_args(args)
     assert spec == StepSpec(
-        "resnet18", 4, "bf16", 3, "inference", 64, 7, "sgd", 0.1, True, True, False, "cpu"
-    )
+        "resnet18", 4, "bf16", 3, "inference", 64, 7, "sgd", 0.1, True, True, False, "cpu",
+        None, "int64", 50, "m:loss", "m:step",
+    )  # fmt: skip
+    shaped = build_parser().parse_args("step --batch-size 4 --input-shape 3X8*8".split())
+    assert spec_from_args(shaped).input_shape == "3x8x8"
     assert timing == Timing(3, 4, "blocked", 2)
     defaults = spec_from_args(build_parser().parse_args("step --batch-size 4".split()))
     for field in dataclasses.fields(StepSpec):

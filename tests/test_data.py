@@ -8,6 +8,9 @@ import torchvision
 
 from b3core.errors import B3Error
 from b3core.workloads.data import cifar10_splits, make_loader, synthetic_batch, synthetic_splits
+from b3core.workloads.models import ModelInput
+
+IMAGES_8 = ModelInput((3, 8, 8))
 
 
 def test_default_synthetic_splits_have_b3s_shapes_and_sizes():
@@ -18,29 +21,38 @@ def test_default_synthetic_splits_have_b3s_shapes_and_sizes():
 
 
 def test_smaller_train_size_keeps_b3s_proportions():
-    splits = synthetic_splits(train_size=900, image_size=32)
+    splits = synthetic_splits(train_size=900, model_input=ModelInput((3, 32, 32)))
     assert (len(splits.train), len(splits.val), len(splits.test)) == (900, 100, 200)
 
 
 def test_synthetic_images_are_reproducible_per_index():
     a, b = (
-        synthetic_splits(train_size=10, image_size=8),
-        synthetic_splits(train_size=10, image_size=8),
+        synthetic_splits(train_size=10, model_input=IMAGES_8),
+        synthetic_splits(train_size=10, model_input=IMAGES_8),
     )
     assert torch.equal(a.train[3][0], b.train[3][0])
     assert not torch.equal(a.train[3][0], a.train[4][0])
 
 
 def test_training_loader_drops_the_last_partial_batch_like_b3():
-    ds = synthetic_splits(train_size=100, image_size=8).train
+    ds = synthetic_splits(train_size=100, model_input=IMAGES_8).train
     assert sum(len(y) for _, y in make_loader(ds, 32, train=True)) == 96
     assert sum(len(y) for _, y in make_loader(ds, 32, train=False)) == 100
 
 
 def test_synthetic_batch_lives_on_the_device_in_the_asked_layout():
-    x, y = synthetic_batch(4, (3, 16, 16), 10, torch.device("cpu"), channels_last=True)
+    x, y = synthetic_batch(4, ModelInput((3, 16, 16)), torch.device("cpu"), channels_last=True)
     assert x.shape == (4, 3, 16, 16) and y.shape == (4,)
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_token_inputs_are_int64_ids_below_the_vocabulary_size():
+    tokens = ModelInput((12,), dtype="int64", num_classes=3, vocab_size=5)
+    x, y = synthetic_batch(64, tokens, torch.device("cpu"))
+    assert x.dtype == torch.int64 and x.shape == (64, 12)
+    assert x.min() >= 0 and x.max() == 4 and y.max() == 2
+    sample, label = synthetic_splits(train_size=4, model_input=tokens).train[0]
+    assert sample.dtype == torch.int64 and sample.shape == (12,) and 0 <= label < 3
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from b3core import __version__
@@ -22,6 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for module in SUBCOMMANDS:
         module.register(sub)
+    for subparser in sub.choices.values():
+        subparser.add_argument(
+            "--traceback",
+            action="store_true",
+            help="on an error, print the full trace (of the user's code, say), not one line",
+        )
     return parser
 
 
@@ -32,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except B3Error as exc:  # bad input (2), or a step that did not fit (StepOutOfMemory, 1)
+        if args.traceback:
+            traceback.print_exception(exc)
         print(f"b3 {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -9,8 +9,15 @@ from b3core.errors import B3Error
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the registered models")
+    p = sub.add_parser(
+        "models", help="list the models: built-in, installed packages' (b3.models), or timm's"
+    )
     p.add_argument("pattern", nargs="?", default="*", help="wildcard, e.g. 'resnet*'")
+    p.add_argument(
+        "--timm",
+        metavar="PATTERN",
+        help="list timm's models matching a wildcard instead, e.g. 'resnet*' (needs timm)",
+    )
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("machine", help="print this machine's slug (or its full record)")
@@ -20,27 +27,56 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_machine)
 
 
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from b3core.workloads.models import count_parameters, create_model, get_model_spec, list_models
+    from b3core.workloads.models import count_parameters, get_model_spec, list_models
 
+    if args.timm is not None:
+        return _list_timm(args.timm)
     names = list_models(args.pattern)
     if not names:
         raise B3Error(f"no model matches {args.pattern!r}")
     rows = []
     for name in names:
         spec = get_model_spec(name)
+        model_input = spec.resolve_input()
         rows.append(
             {
                 "model": name,
-                "parameters": f"{count_parameters(create_model(name)):,}",
-                "input": "x".join(map(str, spec.input_shape())),
-                "classes": spec.num_classes,
+                "origin": spec.origin,
+                "package": " ".join(filter(None, [spec.package, spec.version])),
+                "parameters": f"{count_parameters(spec.build(model_input)):,}",
+                "input": _shape(model_input.shape)
+                + (f" int64<{model_input.vocab_size}" if model_input.dtype == "int64" else ""),
+                "classes": model_input.num_classes,
                 "description": spec.description,
             }
         )
     print(pd.DataFrame(rows).to_markdown(index=False))
+    print("Also: package.module:function (your own factory) and timm/NAME (`b3 models --timm`).")
+    return 0
+
+
+def _list_timm(pattern: str) -> int:
+    """timm's names with their default input and classes, from timm's configs (nothing built)."""
+    import pandas as pd
+
+    from b3core.workloads.model_sources import timm_model_names, timm_spec
+
+    names = timm_model_names(pattern)
+    if not names:
+        raise B3Error(f"no timm model matches {pattern!r}")
+    rows = []
+    for name in names:
+        spec = timm_spec(name)
+        rows.append({"model": name, "input": _shape(spec.input_shape), "classes": spec.num_classes})
+    print(pd.DataFrame(rows).to_markdown(index=False))
+    print(f"{len(names)} timm models (timm {spec.version}), built with random weights")
     return 0
 
 

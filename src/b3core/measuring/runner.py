@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 
 import torch
 
-from b3core.errors import StepOutOfMemory
+from b3core.errors import B3Error, StepOutOfMemory
 from b3core.measuring.clocks import block_steps_for, time_block
 from b3core.measuring.machine import device_name
 from b3core.measuring.memory import (
@@ -29,6 +29,7 @@ from b3core.spec.step import MIN_WARMUP, StepSpec, Timing
 from b3core.workloads.build import Workload, build_workload, target_device
 from b3core.workloads.devices import device_context
 from b3core.workloads.info import WorkloadInfo
+from b3core.workloads.user_code import TRACEBACK_HINT, first_line
 
 T = TypeVar("T")
 # fp16's GradScaler starts at 2**16 and halves on each overflow; this many steps is far more
@@ -72,13 +73,17 @@ def warm_up(workload: Workload, device: torch.device, steps: int) -> tuple[Warmu
     applied_in_a_row = 0
 
     def settled() -> bool:
-        if workload.spec.mode == "inference":
+        if workload.spec.mode == "inference" or not trainer.counts_updates:
             return True
         return bool(trainer.optimizer.state) and applied_in_a_row >= MIN_WARMUP
 
     while len(times) < steps or (not settled() and len(times) < MAX_WARMUP_STEPS):
         skipped = trainer.skipped_updates
-        times.append(time_block(workload.call, device))
+        times.append(
+            _first_step_checked(workload, device)
+            if not times
+            else time_block(workload.call, device)
+        )
         applied_in_a_row = 0 if trainer.skipped_updates > skipped else applied_in_a_row + 1
     record = Warmup(
         steps=len(times),
@@ -87,6 +92,24 @@ def warm_up(workload: Workload, device: torch.device, steps: int) -> tuple[Warmu
         skipped_updates=trainer.skipped_updates - skipped_before,
     )
     return record, times[-1]
+
+
+def _first_step_checked(workload: Workload, device: torch.device) -> float:
+    """The first step, timed like the others; an error in it (a shape the model rejects, a
+    loss that does not fit the outputs) is the user's input, named in one line. Out-of-memory
+    errors go on to the runner's recovery."""
+    try:
+        return time_block(workload.call, device)
+    except Exception as exc:
+        if is_out_of_memory(exc) or isinstance(exc, B3Error):
+            raise
+        info, spec = workload.info, workload.spec
+        shape = "x".join(map(str, (spec.batch_size, *info.input_shape)))
+        raise B3Error(
+            f"{spec.model}'s first {spec.mode} step failed on {info.input_dtype} input of shape "
+            f"{shape} ({type(exc).__name__}: {first_line(exc)}); check --input-shape, "
+            f"--input-dtype, --num-classes and --loss; {TRACEBACK_HINT}"
+        ) from exc
 
 
 @dataclass(frozen=True)

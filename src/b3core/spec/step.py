@@ -22,6 +22,7 @@ OPTIMIZERS = ("adam", "sgd")
 # "per-step": each step between two syncs, the latency distribution.
 CLOCKS = ("blocked", "per-step")
 PROFILES = ("quick", "b3", "full")  # the benchmark suites' case sets (suites/cases.py)
+INPUT_DTYPES = ("float32", "int64")  # images and features, or token ids below a vocabulary size
 DATASETS = ("synthetic", "cifar10")  # what `b3 run` trains on; nothing is ever downloaded
 MIN_WARMUP = 2  # cuDNN autotuning, allocator growth and Adam's lazily created state
 DEFAULT_LR = 5e-4  # B3's Adam learning rate
@@ -30,6 +31,24 @@ DEFAULT_REPEATS = 10
 
 def _positive(text: str) -> int:
     return parse_positive_int("value", text)
+
+
+def parse_shape(text: str) -> str:
+    """An input shape without the batch dimension, "3x224x224" or "128", in its canonical form."""
+    if isinstance(text, (tuple, list)):
+        text = "x".join(map(str, text))
+    parts = str(text).strip().lower().replace("*", "x").split("x")
+    try:
+        dims = [int(part) for part in parts]
+    except ValueError:
+        dims = []
+    if not dims or min(dims) < 1:
+        raise B3Error(f"input shape must look like 3x224x224 or 128, got {text!r}")
+    return "x".join(map(str, dims))
+
+
+def shape_dims(shape: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in shape.split("x"))
 
 
 def parse_number(text: str) -> float:
@@ -67,7 +86,13 @@ class StepSpec(Record):
     """One configuration to time. `batch_size` is the micro-batch; a training step processes
     `batch_size * accumulation_steps` samples in one optimizer update."""
 
-    model: str = field(metadata=option("--model", help="a registered model (see `b3 models`)"))
+    model: str = field(
+        metadata=option(
+            "--model",
+            help="a model: a name from `b3 models` (built-in or an installed package's), "
+            "package.module:function, or timm/NAME",
+        )
+    )
     batch_size: int = field(
         metadata=option("--batch-size", parse=_positive, help="samples per micro-batch")
     )
@@ -127,15 +152,60 @@ class StepSpec(Record):
         metadata=option("--device", help=f"one of {', '.join(DEVICE_CHOICES)}, e.g. cuda:1"),
     )
 
+    input_shape: str | None = field(
+        default=None,
+        metadata=option(
+            "--input-shape",
+            parse=parse_shape,
+            help="one sample's shape, e.g. 3x224x224 or 128 (default: the model's own)",
+        ),
+    )
+    input_dtype: str | None = field(
+        default=None,
+        metadata=option(
+            "--input-dtype",
+            choices=INPUT_DTYPES,
+            help="float32 inputs, or int64 token ids below --vocab-size (default: the model's)",
+        ),
+    )
+    vocab_size: int | None = field(
+        default=None,
+        metadata=option("--vocab-size", parse=_positive, help="token ids' range for int64 input"),
+    )
+    loss: str | None = field(
+        default=None,
+        metadata=option(
+            "--loss", help="module:function(outputs, targets) -> loss (default: cross-entropy)"
+        ),
+    )
+    train_step: str | None = field(
+        default=None,
+        metadata=option(
+            "--train-step",
+            help="module:function, your own training step to time (see README, 'Your own step')",
+        ),
+    )
+
     def __post_init__(self) -> None:
         require_positive_int("batch size", self.batch_size)
         require_positive_int("accumulation steps", self.accumulation_steps)
         require_choice("mode", self.mode, MODES)
         require_choice("precision", self.precision, PRECISIONS)
         require_choice("optimizer", self.optimizer, OPTIMIZERS)
-        for name in ("image_size", "num_classes"):
+        for name in ("image_size", "num_classes", "vocab_size"):
             if getattr(self, name) is not None:
                 require_positive_int(name.replace("_", " "), getattr(self, name))
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", parse_shape(self.input_shape))
+            if self.image_size is not None:
+                raise B3Error("give --input-shape or --image-size, not both")
+        if self.input_dtype is not None:
+            require_choice("input dtype", self.input_dtype, INPUT_DTYPES)
+        for name in ("loss", "train_step"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or ":" not in value):
+                flag = "--" + name.replace("_", "-")
+                raise B3Error(f"{flag} must be module:function, got {value!r}")
         if not self.lr > 0:
             raise B3Error(f"learning rate must be positive, got {self.lr}")
         if not isinstance(self.model, str) or not self.model:
@@ -152,6 +222,14 @@ class StepSpec(Record):
             parts.append(f"acc{self.accumulation_steps}")
         if self.image_size:
             parts.append(f"img{self.image_size}")
+        if self.input_shape:
+            parts.append(f"in{self.input_shape}")
+        if self.input_dtype:
+            parts.append(self.input_dtype)
+        if self.loss:
+            parts.append(f"loss={self.loss}")
+        if self.train_step:
+            parts.append(f"step={self.train_step}")
         if self.channels_last:
             parts.append("cl")
         if self.compile:

@@ -18,7 +18,7 @@ from b3core.spec.step import DATASETS, MIN_WARMUP, StepSpec, Timing
 from b3core.spec.validate import require_choice, require_positive_int
 from b3core.workloads.data import B3_TRAIN, Splits, cifar10_splits, make_loader, synthetic_splits
 from b3core.workloads.devices import synchronize
-from b3core.workloads.models import get_model_spec
+from b3core.workloads.models import step_model
 from b3core.workloads.training import windows
 
 CLOCK = "wall clock around each phase, the device synced at both ends"
@@ -75,12 +75,14 @@ class RunResult:
 
 
 def load_splits(cfg: RunConfig) -> Splits:
-    model = get_model_spec(cfg.step.model)
-    image_size = cfg.step.image_size or model.image_size
+    _, model_input = step_model(cfg.step)
     if cfg.dataset == "cifar10":
-        return cifar10_splits(cfg.data_dir, image_size, cfg.train_size, seed=cfg.seed)
-    classes = cfg.step.num_classes or model.num_classes
-    return synthetic_splits(cfg.train_size or B3_TRAIN, image_size, classes, seed=cfg.seed)
+        if not model_input.is_image or model_input.shape[0] != 3:
+            shape = "x".join(map(str, model_input.shape))
+            raise B3Error(f"CIFAR-10 is 3-channel images; {cfg.step.model} takes {shape} input")
+        size = model_input.shape[-1]
+        return cifar10_splits(cfg.data_dir, size, cfg.train_size, seed=cfg.seed)
+    return synthetic_splits(cfg.train_size or B3_TRAIN, model_input, seed=cfg.seed)
 
 
 def eval_batch_sizes(splits: Splits, batch_size: int) -> list[int]:
@@ -132,8 +134,10 @@ def run_once(cfg: RunConfig, splits: Splits, seed: int) -> RunResult:
 
         trainer.model.eval()
         shape = ready.workload.info.input_shape
+        dtype = getattr(torch, ready.workload.info.input_dtype)
         for size in eval_batch_sizes(splits, spec.batch_size):
-            warm = torch.zeros(size, *shape, device=device).to(memory_format=trainer.memory_format)
+            warm = torch.zeros(size, *shape, dtype=dtype, device=device)
+            warm = warm.to(memory_format=trainer.memory_format)
             for _ in range(MIN_WARMUP):
                 trainer.infer(warm)
         eval_loaders = [

@@ -11,11 +11,18 @@ from dataclasses import dataclass
 
 import torch
 
+from b3core.errors import B3Error
 from b3core.spec.step import StepSpec
 from b3core.workloads.data import synthetic_batch
 from b3core.workloads.devices import check_precision, resolve_device
 from b3core.workloads.info import WorkloadInfo
-from b3core.workloads.models import count_parameters, get_model_spec, has_batch_dependent_layers
+from b3core.workloads.models import (
+    ModelInput,
+    ModelSpec,
+    count_parameters,
+    has_batch_dependent_layers,
+    step_model,
+)
 from b3core.workloads.training import Trainer, prepare_training
 
 
@@ -26,13 +33,16 @@ def target_device(spec: StepSpec) -> torch.device:
     return device
 
 
-def check_buildable(spec: StepSpec) -> None:
+def check_buildable(spec: StepSpec) -> tuple[ModelSpec, ModelInput]:
     """Everything build_workload would refuse, without building: for commands that must fail
-    before they write any file."""
-    model = get_model_spec(spec.model)
-    if spec.image_size is not None:
-        model.check_image_size(spec.image_size)
+    before they write any file. Returns the model and the input the step feeds it."""
+    model, model_input = step_model(spec)
+    if spec.channels_last and len(model_input.shape) != 3:
+        raise B3Error(f"--channels-last needs image input (CxHxW), not {spec.input_shape}")
+    if spec.train_step and spec.mode == "inference":
+        raise B3Error("--train-step times a training step; drop --inference")
     target_device(spec)
+    return model, model_input
 
 
 @dataclass
@@ -47,18 +57,20 @@ class Workload:
 
 
 def build_workload(spec: StepSpec, device: torch.device, seed: int = 0) -> Workload:
-    check_buildable(spec)
+    model, model_input = check_buildable(spec)
     trainer = prepare_training(spec, device, seed)
-    shape = get_model_spec(spec.model).input_shape(spec.image_size)
-    num_classes = spec.num_classes or get_model_spec(spec.model).num_classes
     inputs, targets = synthetic_batch(
-        spec.batch_size, shape, num_classes, device, channels_last=spec.channels_last, seed=seed
+        spec.batch_size, model_input, device, channels_last=spec.channels_last, seed=seed
     )
     info = WorkloadInfo(
         parameters=count_parameters(trainer.model),
-        input_shape=shape,
-        num_classes=num_classes,
+        input_shape=model_input.shape,
+        num_classes=model_input.num_classes,
         batch_dependent_layers=has_batch_dependent_layers(trainer.model),
+        input_dtype=model_input.dtype,
+        origin=model.origin,
+        package=model.package,
+        version=model.version,
     )
     if spec.mode == "inference":
         trainer.model.eval()

@@ -1,4 +1,5 @@
-"""Data for b3: synthetic images with B3's shapes (the default) or CIFAR-10 from disk.
+"""Data for b3: synthetic samples of the model's input (B3's images by default) or CIFAR-10
+from disk.
 
 Nothing here downloads: a missing data folder is a clear error.
 """
@@ -12,23 +13,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, random_split
 
 from b3core.errors import B3Error
+from b3core.workloads.models import ModelInput
 
 # B3's split: CIFAR-10's 50,000 training images as 45,000 train / 5,000 validation, plus test.
 B3_TRAIN, B3_VAL, B3_TEST = 45_000, 5_000, 10_000
 B3_IMAGE_SIZE = 224
 B3_RESIZE = 256
+B3_IMAGES = ModelInput((3, B3_IMAGE_SIZE, B3_IMAGE_SIZE))
 
 
-class SyntheticImages(Dataset):
-    """Random images and labels, reproducible per index, generated on the fly (no memory cost)."""
+class SyntheticSamples(Dataset):
+    """Random samples of the model's input (images by default) and labels, reproducible per
+    index, generated on the fly (no memory cost)."""
 
-    def __init__(self, size: int, image_size: int, num_classes: int = 10, seed: int = 0):
-        self.size, self.image_size, self.num_classes, self.seed = (
-            size,
-            image_size,
-            num_classes,
-            seed,
-        )
+    def __init__(self, size: int, model_input: ModelInput, seed: int = 0):
+        self.size, self.model_input, self.seed = size, model_input, seed
 
     def __len__(self) -> int:
         return self.size
@@ -37,9 +36,9 @@ class SyntheticImages(Dataset):
         if not 0 <= index < self.size:
             raise IndexError(index)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        image = torch.rand(3, self.image_size, self.image_size, generator=g)
-        label = int(torch.randint(self.num_classes, (1,), generator=g))
-        return image, label
+        sample = synthetic_inputs(1, self.model_input, g)[0]
+        label = int(torch.randint(self.model_input.num_classes, (1,), generator=g))
+        return sample, label
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,7 @@ class Splits:
 
 def synthetic_splits(
     train_size: int = B3_TRAIN,
-    image_size: int = B3_IMAGE_SIZE,
-    num_classes: int = 10,
+    model_input: ModelInput = B3_IMAGES,
     seed: int = 0,
 ) -> Splits:
     """B3's three splits; a smaller train_size shrinks validation and test in B3's proportions."""
@@ -61,9 +59,9 @@ def synthetic_splits(
     val_size = max(1, round(train_size * B3_VAL / B3_TRAIN))
     test_size = max(1, round(train_size * B3_TEST / B3_TRAIN))
     return Splits(
-        SyntheticImages(train_size, image_size, num_classes, seed),
-        SyntheticImages(val_size, image_size, num_classes, seed + 1),
-        SyntheticImages(test_size, image_size, num_classes, seed + 2),
+        SyntheticSamples(train_size, model_input, seed),
+        SyntheticSamples(val_size, model_input, seed + 1),
+        SyntheticSamples(test_size, model_input, seed + 2),
     )
 
 
@@ -130,10 +128,19 @@ def make_loader(
     )
 
 
+def synthetic_inputs(
+    batch_size: int, model_input: ModelInput, generator: torch.Generator
+) -> torch.Tensor:
+    """Random inputs of the model's shape: floats in [0, 1), or token ids below the vocabulary."""
+    shape = (batch_size, *model_input.shape)
+    if model_input.dtype == "int64":
+        return torch.randint(model_input.vocab_size, shape, generator=generator)
+    return torch.rand(shape, generator=generator)
+
+
 def synthetic_batch(
     batch_size: int,
-    input_shape: tuple[int, ...],
-    num_classes: int,
+    model_input: ModelInput,
     device: torch.device,
     *,
     channels_last: bool = False,
@@ -141,9 +148,9 @@ def synthetic_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One fixed batch already on the device, so that step timings contain no data loading."""
     g = torch.Generator().manual_seed(seed)
-    images = torch.rand(batch_size, *input_shape, generator=g)
-    labels = torch.randint(num_classes, (batch_size,), generator=g)
-    images = images.to(device)
+    inputs = synthetic_inputs(batch_size, model_input, g)
+    labels = torch.randint(model_input.num_classes, (batch_size,), generator=g)
+    inputs = inputs.to(device)
     if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, labels.to(device)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs, labels.to(device)

@@ -13,6 +13,11 @@ class WorkloadInfo:
     input_shape: tuple[int, ...]
     num_classes: int
     batch_dependent_layers: bool  # BatchNorm: accumulation is then not a true large batch
+    input_dtype: str = "float32"
+    # the model's identity: where it came from, and the version of the package that provides it
+    origin: str = "built-in"  # built-in, entry point, import path or timm
+    package: str | None = None
+    version: str | None = None
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "input_shape": list(self.input_shape)}
@@ -24,4 +29,16 @@ class WorkloadInfo:
             tuple(d["input_shape"]),
             int(d["num_classes"]),
             bool(d["batch_dependent_layers"]),
+            d.get("input_dtype", "float32"),
+            d.get("origin", "built-in"),  # b3 0.2's results knew only built-in models
+            d.get("package"),
+            d.get("version"),
         )
+
+    @property
+    def identity(self) -> str:
+        """e.g. "timm 1.0.31", "my-project 0.1 (entry point)", "built-in"."""
+        if self.origin == "built-in":
+            return self.origin
+        provider = " ".join(filter(None, [self.package, self.version]))
+        return f"{provider} ({self.origin})" if self.origin != "timm" else provider

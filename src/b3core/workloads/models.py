@@ -1,6 +1,9 @@
-"""The model registry: one decorator registers a model under its function's name.
+"""The models b3 takes, and the built-in registry: one decorator registers a model under its
+function's name.
 
-`create_model(name, **kwargs)` is the one entry point; `list_models("res*")` takes wildcards.
+`get_model_spec(name)` resolves every way of naming a model (built-in, entry point, import path,
+timm; see model_sources) and `create_model(name, ...)` builds one; `list_models("res*")` takes
+wildcards.
 """
 
 from __future__ import annotations
@@ -14,22 +17,60 @@ from torch import nn
 from torchvision import models as tv
 
 from b3core.errors import B3Error
+from b3core.spec.step import StepSpec, shape_dims
+from b3core.workloads.user_code import (
+    TRACEBACK_HINT,
+    call_with_declared,
+    first_line,
+    is_import_path,
+)
+
+DEFAULT_INPUT_SHAPE = (3, 224, 224)
+DEFAULT_NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What one step feeds the model: a sample's shape and dtype, and the class count of its
+    targets (integer class ids, one per sample)."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    num_classes: int = DEFAULT_NUM_CLASSES
+    vocab_size: int | None = None  # token ids lie in [0, vocab_size) when dtype is int64
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3 and self.dtype == "float32"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What b3 knows about a registered model: how to build it and what it eats."""
+    """What b3 knows about a model, whatever its origin: how to build it, what it eats, and
+    where it came from (recorded with every result)."""
 
     name: str
     builder: Callable[..., nn.Module]
-    image_size: int
-    num_classes: int = 10
-    min_image_size: int = 32
+    input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE
+    num_classes: int = DEFAULT_NUM_CLASSES
+    input_dtype: str = "float32"
+    vocab_size: int | None = None
+    min_image_size: int = 1
     image_size_multiple: int = 1
     resizable: bool = True
+    origin: str = "built-in"
+    package: str | None = None  # the distribution that provides it (entry points, timm)
+    version: str | None = None
     description: str = ""
 
+    @property
+    def image_size(self) -> int | None:
+        return self.input_shape[-1] if len(self.input_shape) == 3 else None
+
     def check_image_size(self, image_size: int) -> int:
+        if self.image_size is None:
+            shape = "x".join(map(str, self.input_shape))
+            raise B3Error(f"model {self.name} takes {shape} input, not images: use --input-shape")
         if image_size == self.image_size:
             return image_size
         if not self.resizable:
@@ -41,9 +82,58 @@ class ModelSpec:
             raise B3Error(f"model {self.name} needs an image size {rule}, got {image_size}")
         return image_size
 
-    def input_shape(self, image_size: int | None = None) -> tuple[int, int, int]:
-        size = self.image_size if image_size is None else image_size
-        return (3, size, size)
+    def resolve_input(
+        self,
+        *,
+        image_size: int | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        input_dtype: str | None = None,
+        vocab_size: int | None = None,
+        num_classes: int | None = None,
+    ) -> ModelInput:
+        """The model's own input, with what the user overrode."""
+        if input_shape is not None:
+            shape = tuple(input_shape)
+        elif image_size is not None:
+            size = self.check_image_size(image_size)
+            shape = (self.input_shape[0], size, size)
+        else:
+            shape = self.input_shape
+        dtype = input_dtype or self.input_dtype
+        vocab = vocab_size or self.vocab_size
+        if dtype == "int64" and vocab is None:
+            raise B3Error(f"model {self.name} takes int64 token ids: give --vocab-size")
+        classes = self.num_classes if num_classes is None else num_classes
+        if classes < 1:
+            raise B3Error(f"num_classes must be at least 1, got {classes}")
+        return ModelInput(shape, dtype, classes, vocab if dtype == "int64" else None)
+
+    def build(self, model_input: ModelInput) -> nn.Module:
+        """The model for this input, randomly initialised; the factory gets the keyword
+        arguments it declares among num_classes, image_size, input_shape and vocab_size."""
+        arguments = {
+            "num_classes": model_input.num_classes,
+            "image_size": model_input.shape[-1] if len(model_input.shape) == 3 else None,
+            "input_shape": model_input.shape,
+            "vocab_size": model_input.vocab_size,
+        }
+        if self.origin == "built-in":
+            model = call_with_declared(self.builder, **arguments)
+        else:
+            try:
+                model = call_with_declared(self.builder, **arguments)
+            except B3Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever the user's factory raised
+                raise B3Error(
+                    f"model {self.name}'s factory failed ({type(exc).__name__}: "
+                    f"{first_line(exc)}); {TRACEBACK_HINT}"
+                ) from exc
+        if not isinstance(model, nn.Module):
+            raise B3Error(
+                f"model {self.name} returned a {type(model).__name__}, not a torch.nn.Module"
+            )
+        return model
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -52,53 +142,86 @@ _REGISTRY: dict[str, ModelSpec] = {}
 def register_model(
     *,
     image_size: int,
-    num_classes: int = 10,
+    num_classes: int = DEFAULT_NUM_CLASSES,
     min_image_size: int = 32,
     image_size_multiple: int = 1,
     resizable: bool = True,
 ):
-    """Register a builder `fn(num_classes, image_size) -> nn.Module` under its own name."""
+    """Register a built-in builder `fn(num_classes, image_size) -> nn.Module` under its name."""
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        doc = (builder.__doc__ or "").strip().splitlines()
         _REGISTRY[builder.__name__] = ModelSpec(
             name=builder.__name__,
             builder=builder,
-            image_size=image_size,
+            input_shape=(3, image_size, image_size),
             num_classes=num_classes,
             min_image_size=min_image_size,
             image_size_multiple=image_size_multiple,
             resizable=resizable,
-            description=doc[0] if doc else "",
+            description=first_doc_line(builder),
         )
         return builder
 
     return decorate
 
 
+def first_doc_line(obj: object) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+    return doc[0] if doc else ""
+
+
 def list_models(pattern: str = "*") -> list[str]:
-    return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
+    """Built-in models and those that installed packages add (entry points in b3.models)."""
+    from b3core.workloads.model_sources import entry_point_names
+
+    names = set(_REGISTRY) | set(entry_point_names())
+    return sorted(name for name in names if fnmatch.fnmatch(name, pattern))
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    try:
+    """Any model b3 takes: a built-in or entry-point name, `package.module:function`, or
+    `timm/NAME`."""
+    from b3core.workloads import model_sources
+
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see `b3 models`"
-        raise B3Error(f"unknown model {name!r}{hint}") from None
+    if name.startswith(model_sources.TIMM_PREFIX):
+        return model_sources.timm_spec(name)
+    if is_import_path(name):
+        return model_sources.import_path_spec(name)
+    found = model_sources.entry_point_spec(name)
+    if found is not None:
+        return found
+    close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see `b3 models`"
+    raise B3Error(f"unknown model {name!r}{hint}") from None
 
 
 def create_model(
-    name: str, num_classes: int | None = None, image_size: int | None = None, **kwargs
+    name: str,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> nn.Module:
     """Build a randomly initialised model (b3 never downloads weights)."""
     spec = get_model_spec(name)
-    classes = spec.num_classes if num_classes is None else num_classes
-    if classes < 1:
-        raise B3Error(f"num_classes must be at least 1, got {classes}")
-    size = spec.check_image_size(spec.image_size if image_size is None else image_size)
-    return spec.builder(num_classes=classes, image_size=size, **kwargs)
+    model_input = spec.resolve_input(
+        image_size=image_size, input_shape=input_shape, num_classes=num_classes
+    )
+    return spec.build(model_input)
+
+
+def step_model(spec: StepSpec) -> tuple[ModelSpec, ModelInput]:
+    """The model a step names, and the input it feeds it."""
+    model = get_model_spec(spec.model)
+    model_input = model.resolve_input(
+        image_size=spec.image_size,
+        input_shape=shape_dims(spec.input_shape) if spec.input_shape else None,
+        input_dtype=spec.input_dtype,
+        vocab_size=spec.vocab_size,
+        num_classes=spec.num_classes,
+    )
+    return model, model_input
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,10 +17,11 @@ from torch import nn
 
 from b3core.spec.step import OPTIMIZERS, StepSpec
 from b3core.spec.validate import require_choice
-from b3core.workloads.models import create_model
+from b3core.workloads.models import step_model
 from b3core.workloads.precision import autocast_factory, configure_math_mode, make_grad_scaler
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 T = TypeVar("T")
 
 
@@ -47,7 +48,7 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     micro_batches: Sequence[Batch],
     *,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
+    loss_fn: LossFn = nn.functional.cross_entropy,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     scaler: torch.amp.GradScaler | None = None,
     no_sync: Callable[[], ContextManager] | None = None,
@@ -96,13 +97,19 @@ def inference_step(
 class Trainer:
     """A model on its device with its optimizer, loss scaler and autocast: what every training
     and inference loop in b3 runs on. It counts attempted and applied optimizer updates; they
-    differ when GradScaler skips a step whose gradients overflowed."""
+    differ when GradScaler skips a step whose gradients overflowed.
+
+    `custom_step` is the user's own training step (workloads/user_step.py), called in place of
+    b3's; `counts_updates` is False when that step does not use b3's optimizer."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     autocast: Callable[[], ContextManager]
     memory_format: torch.memory_format
+    loss_fn: LossFn = nn.functional.cross_entropy
+    custom_step: Callable[[Sequence[Batch]], object] | None = None
+    counts_updates: bool = True
     attempted_updates: int = 0
     applied_updates: int = 0
 
@@ -118,10 +125,18 @@ class Trainer:
     def skipped_updates(self) -> int:
         return self.attempted_updates - self.applied_updates
 
-    def step(self, micro_batches: Sequence[Batch]) -> torch.Tensor:
-        self.attempted_updates += 1
+    def step(self, micro_batches: Sequence[Batch]) -> object:
+        if self.counts_updates:
+            self.attempted_updates += 1
+        if self.custom_step is not None:
+            return self.custom_step(micro_batches)
         return train_step(
-            self.model, self.optimizer, micro_batches, autocast=self.autocast, scaler=self.scaler
+            self.model,
+            self.optimizer,
+            micro_batches,
+            loss_fn=self.loss_fn,
+            autocast=self.autocast,
+            scaler=self.scaler,
         )
 
     def infer(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -129,21 +144,29 @@ class Trainer:
 
 
 def prepare_training(spec: StepSpec, device: torch.device, seed: int = 0) -> Trainer:
-    """The spec's seeded model, optimizer and precision settings, ready on the device (in train
-    mode). The model name and image size are checked against the registry here."""
+    """The spec's seeded model, optimizer, loss, precision settings and (if named) the user's
+    own step, ready on the device (in train mode)."""
+    from b3core.workloads.user_step import bind_custom_step, load_loss
+
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = spec.cudnn_benchmark  # autotuning runs in the warm-up
     configure_math_mode(spec.precision, device)
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
-    model = create_model(spec.model, num_classes=spec.num_classes, image_size=spec.image_size)
+    model_spec, model_input = step_model(spec)
+    model = model_spec.build(model_input)
     model = model.to(device=device, memory_format=memory_format).train()
     if spec.compile:
         model = torch.compile(model)
-    return Trainer(
+    trainer = Trainer(
         model=model,
         optimizer=make_optimizer(spec.optimizer, model.parameters(), spec.lr),
         scaler=make_grad_scaler(spec.precision, device),
         autocast=autocast_factory(spec.precision, device),
         memory_format=memory_format,
     )
+    if spec.loss:
+        trainer.loss_fn = load_loss(spec.loss)
+    if spec.train_step:
+        bind_custom_step(trainer, spec)
+    return trainer

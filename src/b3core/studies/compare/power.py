@@ -16,12 +16,22 @@ from b3core.studies.compare.sides import git
 
 TRAINING = Path("src/b3core/workloads/training.py")
 STEP_CALL = """        return train_step(
-            self.model, self.optimizer, micro_batches, autocast=self.autocast, scaler=self.scaler
+            self.model,
+            self.optimizer,
+            micro_batches,
+            loss_fn=self.loss_fn,
+            autocast=self.autocast,
+            scaler=self.scaler,
         )
 """
 SLOWED_STEP_CALL = """        began = _time.perf_counter()
         loss = train_step(
-            self.model, self.optimizer, micro_batches, autocast=self.autocast, scaler=self.scaler
+            self.model,
+            self.optimizer,
+            micro_batches,
+            loss_fn=self.loss_fn,
+            autocast=self.autocast,
+            scaler=self.scaler,
         )
         until = _time.perf_counter() + {fraction!r} * (_time.perf_counter() - began)
         while _time.perf_counter() < until:
