@@ -208,6 +208,7 @@ def test_every_tracked_number_of_b3s_suite_grows_when_the_step_slows(monkeypatch
     from b3core.measuring.result import PeakMemory, StepResult
     from b3core.measuring.stats import Measurement
     from b3core.spec import StepSpec
+    from b3core.suites import asv_suite
 
     def result(step_s):
         times = (step_s, step_s * 1.01, step_s * 0.99)
@@ -217,10 +218,10 @@ def test_every_tracked_number_of_b3s_suite_grows_when_the_step_slows(monkeypatch
 
     tracked = {}
     for name, cls in inspect.getmembers(suite, inspect.isclass):
-        for method in [m for m in vars(cls) if m.startswith("track_")]:
+        for method in [m for m in dir(cls) if m.startswith("track_")]:
             values = []
             for step_s in (0.01, 0.01 * slowdown):
-                monkeypatch.setattr(suite, "measure", lambda *a, _s=step_s, **k: result(_s))
+                monkeypatch.setattr(asv_suite, "measure", lambda *a, _s=step_s, **k: result(_s))
                 bench = cls()
                 bench.setup("simple_cnn", 16, "fp32")
                 values.append(getattr(bench, method)("simple_cnn", 16, "fp32"))

@@ -106,8 +106,9 @@ def test_asv_suite_uses_the_shared_grid(monkeypatch):
     import benchmarks.asv_steps as asv_steps
 
     asv_steps = importlib.reload(asv_steps)
-    assert asv_steps.PARAMS == [["simple_cnn"], [7, 9], ["fp32"]]
-    assert asv_steps.TrainStep.params is asv_steps.PARAMS
+    for suite in (asv_steps.TrainStep, asv_steps.Inference, asv_steps.TrainCost):
+        assert suite.params == [["simple_cnn"], [7, 9], ["fp32"]]
+        assert suite.grid.device == "cpu"
 
 
 def test_unsupported_precision_is_explained():

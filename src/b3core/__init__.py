@@ -23,6 +23,7 @@ _PUBLIC = {
     "create_model": "b3core.workloads.models",
     "list_models": "b3core.workloads.models",
     "register_model": "b3core.workloads.models",
+    "model_inputs": "b3core.workloads.model_sources",
     "load_benchmark_json": "b3core.reports.results",
 }
 

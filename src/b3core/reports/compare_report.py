@@ -14,6 +14,7 @@ from b3core.reports.tables import format_time, to_text  # noqa: E402
 from b3core.studies.compare.records import SIDES, CaseComparison, Comparison  # noqa: E402
 from b3core.studies.compare.saved import SavedComparison  # noqa: E402
 from b3core.studies.compare.verdict import INCONCLUSIVE, Estimate  # noqa: E402
+from b3core.workloads.info import WorkloadInfo  # noqa: E402
 
 SIDE_COLOURS = {"base": "tab:blue", "head": "tab:orange"}
 
@@ -66,6 +67,16 @@ def notes(comparison: Comparison) -> list[str]:
                 f"the smallest slowdown it could flag is about {case.estimate.detectable:.1%} "
                 "(give it more --max-time, or a quieter machine)"
             )
+        models = {
+            side: WorkloadInfo.from_dict(replies[0]["workload"])
+            for side, replies in case.prepared.items()
+            if replies and "workload" in replies[0]
+        }
+        if len(models) == 2 and len({(m.identity, m.parameters) for m in models.values()}) > 1:
+            sides = "; ".join(
+                f"{side}: {m.identity}, {m.parameters:,} parameters" for side, m in models.items()
+            )
+            lines.append(f"{case.spec.label}: the sides timed different models ({sides})")
         skipped = {side: n for side, n in case.skipped_updates.items() if n}
         if skipped:
             lines.append(f"{case.spec.label}: GradScaler skipped updates while timed: {skipped}")

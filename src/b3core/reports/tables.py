@@ -70,6 +70,7 @@ def results_frame(results: Iterable[StepResult], source: str | None = None) -> p
                 "precision": s.precision,
                 "accum": s.accumulation_steps,
                 "input_shape": "x".join(map(str, r.workload.input_shape)) if r.workload else "",
+                "model_identity": r.workload.identity if r.workload else "",
                 "samples_per_step": s.samples_per_step,
                 "clock": m.clock,
                 "steps_per_sample": m.steps_per_sample,
@@ -195,6 +196,14 @@ def describe_step_result(r: StepResult) -> str:
         f"  iterations/s  {rate_text(m.iterations_per_second)}",
         f"  peak memory   {r.memory.peak_bytes / MiB:.0f} MiB ({r.memory.source})",
     ]
+    if r.workload:
+        w = r.workload
+        shape = "x".join(map(str, w.input_shape))
+        lines.insert(
+            1,
+            f"  model         {w.identity}, {w.parameters:,} parameters, {w.input_dtype} input "
+            f"{shape}, {w.num_classes} classes",
+        )
     train = r.spec.mode == "train"
     if warm:
         what = "cuDNN autotuning, allocator growth" + (", optimizer state" if train else "")

@@ -191,6 +191,7 @@ def extra_info(result) -> dict:
         "skipped_steps": result.skipped_steps,
         "peak_memory_bytes": result.memory.peak_bytes,
         "device_name": result.device_name,
+        "model_identity": result.workload.identity if result.workload else None,
         "warnings": result.warnings,
     }
 

@@ -64,9 +64,12 @@ def _run_epoch(
     """Warm both fresh workers, settle, then time pairs for settings.epoch_s (an even number
     of pairs, so each order runs equally often), or until the case's time is up."""
     for side in rng.sample(SIDES, 2):
-        out.prepared.setdefault(side, []).append(
-            workers[side].ask("prepare", spec=out.spec.to_dict(), warmup=settings.warmup, seed=0)
+        reply = workers[side].ask(
+            "prepare", spec=out.spec.to_dict(), warmup=settings.warmup, seed=0
         )
+        if "model_module" in reply:
+            workers[side].side.check_imported(reply["model_module"], reply["model_file"])
+        out.prepared.setdefault(side, []).append(reply)
     if not out.calls_per_block:  # one block shape for the whole case
         step_s = min(p[0]["step_s"] for p in out.prepared.values())
         out.steps_per_call, out.calls_per_block = block_shape(step_s, settings.clock)

@@ -5,7 +5,6 @@ after an error or Ctrl-C; an interrupt keeps the cases (and blocks) measured so 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from b3core.errors import B3Error
 from b3core.spec.step import StepSpec
@@ -20,16 +19,6 @@ from b3core.studies.compare.sides import (
     signals_deferred,
 )
 from b3core.studies.compare.workers import EXIT_GRACE_S, WorkerProcess, close_all
-
-
-def _check_imports_own_code(side: Side, hello: dict) -> None:
-    """A side whose tree holds b3core must time that b3core, not one installed elsewhere."""
-    own = (side.code_dir / "src" / "b3core").resolve()
-    if own.is_dir() and Path(hello["b3core_path"]).resolve() != own:
-        raise B3Error(
-            f"{side.name.upper()}'s worker imported b3core from {hello['b3core_path']}, "
-            f"not from its own tree {own}"
-        )
 
 
 def compare(
@@ -62,7 +51,7 @@ def compare(
             for side in sides:
                 if side.name not in result.sides:  # the first workers speak for all
                     hello = workers[side.name].ask("hello")
-                    _check_imports_own_code(side, hello)
+                    side.check_imported("b3core", hello["b3core_file"])
                     result.sides[side.name] = _side_record(side, hello)
             return workers
 

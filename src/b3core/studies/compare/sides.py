@@ -51,6 +51,19 @@ class Side:
         src = self.code_dir / "src"
         return [str(src if src.is_dir() else self.code_dir)]
 
+    def check_imported(self, module: str, imported_file: str | None) -> None:
+        """A module that this side's tree holds (b3core, the user's model) must be timed from
+        that tree, not from a copy installed elsewhere; a one-line B3Error says which won."""
+        base = Path(self.python_path[0], *module.split("."))
+        own = [p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()]
+        if not own or imported_file is None:
+            return
+        if Path(imported_file).resolve() != own[0].resolve():
+            raise B3Error(
+                f"{self.name.upper()}'s worker imported {module} from {imported_file}, "
+                f"not from its own tree {own[0]}"
+            )
+
 
 def git(repo: Path, *args: str) -> str:
     proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)

@@ -32,6 +32,7 @@ class Worker:
         return {
             "b3core_version": getattr(b3core, "__version__", None),
             "b3core_path": os.path.dirname(os.path.abspath(b3core.__file__)),
+            "b3core_file": os.path.abspath(b3core.__file__),
             "python": sys.executable,
             "python_version": sys.version.split()[0],
             "machine": machine_record(),
@@ -42,12 +43,15 @@ class Worker:
         from b3core.spec.step import StepSpec
 
         self.release()
-        ready = prepare(StepSpec.from_dict(spec), warmup=warmup, seed=seed)
+        step = StepSpec.from_dict(spec)
+        ready = prepare(step, warmup=warmup, seed=seed)
         self.ready = ready
         return {
             "step_s": ready.last_warmup_step_s,
             "warmup": ready.warmup.to_dict(),
             "device": str(ready.device),
+            "workload": ready.workload.info.to_dict(),
+            **_model_source(step.model),
         }
 
     def block(self, calls: int, steps: int) -> dict:
@@ -66,6 +70,19 @@ class Worker:
 
         release_memory(device)
         return {}
+
+
+def _model_source(name: str) -> dict:
+    """Where the model's factory was imported from, for a user's model (import path or entry
+    point): the parent checks that each side timed its own tree's copy."""
+    import inspect
+
+    from b3core.workloads.models import get_model_spec
+
+    model = get_model_spec(name)
+    if model.origin not in ("import path", "entry point"):
+        return {}
+    return {"model_module": model.builder.__module__, "model_file": inspect.getfile(model.builder)}
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -1,0 +1,1 @@
+"""An example project whose models b3 benchmarks."""
