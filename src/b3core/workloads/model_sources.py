@@ -84,21 +84,19 @@ def factory_spec(name: str, factory: Callable, **identity: str | None) -> ModelS
 
 def import_path_spec(name: str) -> ModelSpec:
     factory = load_callable(name, "model")
-    package = name.partition(":")[0].split(".")[0]
-    return factory_spec(
-        name, factory, origin="import path", package=package, version=_version_of(package)
-    )
+    package, version = _distribution_of(name.partition(":")[0].split(".")[0])
+    return factory_spec(name, factory, origin="import path", package=package, version=version)
 
 
-def _version_of(top_level_module: str) -> str | None:
-    """The installed version of the distribution that provides a module (None when it is only
-    on the path, not installed)."""
+def _distribution_of(top_level_module: str) -> tuple[str, str | None]:
+    """The installed distribution that provides a module, and its version; a module that is
+    only on the path, not installed, is its own name with no version."""
     for dist in metadata.packages_distributions().get(top_level_module, []):
         try:
-            return metadata.version(dist)
+            return dist, metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
-    return None
+    return top_level_module, None
 
 
 def _entry_points() -> dict[str, metadata.EntryPoint]:
@@ -164,7 +162,7 @@ def timm_spec(name: str) -> ModelSpec:
         builder=build,
         input_shape=default_shape,
         num_classes=(cfg.num_classes if cfg else 0) or 1000,
-        resizable=not (cfg and cfg.fixed_input_size),
+        # a fixed-size model (a ViT) is built for the asked size through img_size above
         origin="timm",
         package="timm",
         version=timm.__version__,
