@@ -14,7 +14,7 @@ _NOTES = pytest.StashKey[list]()
 _OPTIONS = (
     ("profile", "quick|b3|full (default: quick; env B3_PROFILE)"),
     ("device", "auto|cpu|cuda|mps (env B3_DEVICE)"),
-    ("models", "comma-separated models (env B3_MODELS)"),
+    ("models", "comma-separated models: names, package.module:function, timm/NAME (env B3_MODELS)"),
     ("batch-sizes", "e.g. 15,16,17 or 1-64 or 8-64:8 (env B3_BATCH_SIZES)"),
     ("precisions", "comma-separated: fp32,tf32,fp16,bf16 (env B3_PRECISIONS)"),
     ("accumulation-steps", "comma-separated, e.g. 1,2,4 (env B3_ACCUMULATION_STEPS)"),

@@ -117,11 +117,14 @@ class ModelSpec:
             "input_shape": model_input.shape,
             "vocab_size": model_input.vocab_size,
         }
+        # a **kwargs factory (torchvision's, timm's) gets num_classes only: its kwargs go on to
+        # the model's constructor, which knows nothing of image sizes
+        to_any = ("num_classes",)
         if self.origin == "built-in":
-            model = call_with_declared(self.builder, **arguments)
+            model = call_with_declared(self.builder, arguments, to_any)
         else:
             try:
-                model = call_with_declared(self.builder, **arguments)
+                model = call_with_declared(self.builder, arguments, to_any)
             except B3Error:
                 raise
             except Exception as exc:  # noqa: BLE001 - whatever the user's factory raised

@@ -56,10 +56,12 @@ def declared_parameters(fn: Callable) -> set[str] | None:
     return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def call_with_declared(fn: Callable, **available: object) -> object:
-    """fn(**the available arguments that fn declares), so a factory may ask for only some."""
+def call_with_declared(fn: Callable, available: dict, to_any: tuple[str, ...] = ()) -> object:
+    """fn(**the available arguments that fn declares), so a factory may ask for only some; a
+    function that takes **kwargs gets those named in `to_any`."""
     names = declared_parameters(fn)
-    return fn(**{k: v for k, v in available.items() if names is None or k in names})
+    wanted = to_any if names is None else names
+    return fn(**{k: v for k, v in available.items() if k in wanted})
 
 
 def parameter_default(fn: Callable, name: str) -> object | None:
