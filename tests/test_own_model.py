@@ -121,6 +121,15 @@ def test_the_users_input_shape_is_what_the_step_is_timed_on(nets, spec, shape):
     assert result.workload.origin == "import path" and result.workload.package == nets
 
 
+def test_the_models_identity_survives_the_saved_result(nets):
+    from b3core.measuring.result import StepResult
+
+    result = measure(StepSpec(f"{nets}:text", 2, device="cpu", vocab_size=7), QUICK)
+    loaded = StepResult.from_dict(json.loads(json.dumps(result.to_dict()))).workload
+    assert loaded == result.workload
+    assert (loaded.origin, loaded.package, loaded.input_dtype) == ("import path", nets, "int64")
+
+
 def test_a_custom_loss_is_the_loss_that_is_trained(nets):
     measure(StepSpec(f"{nets}:mlp", 4, device="cpu", loss=f"{nets}:counted_loss"), QUICK)
     assert sys.modules[nets].LOSSES and sys.modules[nets].LOSSES[0] == (4, 3)
@@ -403,6 +412,24 @@ def test_the_examples_asv_suite_is_b3s_classes_over_its_own_models(monkeypatch):
 
 
 # --- b3 compare on the user's own repository ---------------------------------------------------
+
+
+def test_each_compare_side_must_time_its_own_trees_model(tmp_path):
+    from b3core.studies.compare.sides import Side, SideSpec
+
+    tree = tmp_path / "head"
+    (tree / "src" / "my_models").mkdir(parents=True)
+    own = tree / "src" / "my_models" / "__init__.py"
+    own.write_text("")
+    (tree / "src" / "flat.py").write_text("")
+    side = Side(SideSpec("head", "HEAD", sys.executable), tree, "0" * 40)
+    side.check_imported("my_models", str(own))
+    side.check_imported("flat", str(tree / "src" / "flat.py"))
+    side.check_imported("elsewhere", "/site-packages/elsewhere/__init__.py")  # not in the tree
+    with pytest.raises(B3Error, match="HEAD's worker imported my_models from /site-packages"):
+        side.check_imported("my_models", "/site-packages/my_models/__init__.py")
+    with pytest.raises(B3Error, match="imported flat from"):
+        side.check_imported("flat", "/elsewhere/flat.py")
 
 
 @pytest.mark.slow
