@@ -24,20 +24,15 @@ STEP_CALL = """        return train_step(
             scaler=self.scaler,
         )
 """
-SLOWED_STEP_CALL = """        began = _time.perf_counter()
-        loss = train_step(
-            self.model,
-            self.optimizer,
-            micro_batches,
-            loss_fn=self.loss_fn,
-            autocast=self.autocast,
-            scaler=self.scaler,
-        )
-        until = _time.perf_counter() + {fraction!r} * (_time.perf_counter() - began)
+SLOWED_STEP_CALL = (
+    "        began = _time.perf_counter()\n"
+    + STEP_CALL.replace("return train_step(", "loss = train_step(")
+    + """        until = _time.perf_counter() + {fraction!r} * (_time.perf_counter() - began)
         while _time.perf_counter() < until:
             pass
         return loss
 """
+)
 
 
 def slowed_repository(dest: Path, fraction: float) -> Path:
