@@ -414,6 +414,24 @@ def test_the_examples_asv_suite_is_b3s_classes_over_its_own_models(monkeypatch):
 # --- b3 compare on the user's own repository ---------------------------------------------------
 
 
+def test_compare_leaves_the_profiles_model_names_to_its_workers():
+    """The parent need not import a model that only each revision's tree holds."""
+    from b3core.suites.cases import CaseOptions, benchmark_cases
+
+    options = CaseOptions(models="only_in_the_worktree.nets:tiny", batch_sizes="8", device="cpu")
+    cases = benchmark_cases(options, mode="train", resolve_models=False)
+    assert {c.model for c in cases} == {"only_in_the_worktree.nets:tiny"}
+    with pytest.raises(B3Error, match="does not import"):
+        benchmark_cases(options, mode="train")
+    from b3core.cli import build_parser
+    from b3core.cli.compare import _cases
+
+    argv = "compare HEAD~1 HEAD --profile quick --model only_in_the_worktree.nets:tiny --device cpu"
+    assert {c.model for c in _cases(build_parser().parse_args(argv.split()))} == {
+        "only_in_the_worktree.nets:tiny"
+    }
+
+
 def test_each_compare_side_must_time_its_own_trees_model(tmp_path):
     from b3core.studies.compare.sides import Side, SideSpec
 

@@ -72,7 +72,7 @@ def _cases(args: argparse.Namespace) -> list[StepSpec]:
             device=args.device,
             **{k: v for k, v in given.items() if v is not None},
         )
-        cases = benchmark_cases(options, mode=args.mode)
+        cases = benchmark_cases(options, mode=args.mode, resolve_models=False)
     else:
         if args.batch_size is None or args.model is None:
             raise B3Error("give --model and --batch-size, or --profile")

@@ -103,9 +103,13 @@ class CaseOptions:
         return cls(**values)
 
 
-def benchmark_cases(options: CaseOptions, mode: str | None = None) -> list[StepSpec]:
-    """Every StepSpec of the profile after overrides, in a stable order (for stable test ids)."""
-    grid = case_grid(options)
+def benchmark_cases(
+    options: CaseOptions, mode: str | None = None, *, resolve_models: bool = True
+) -> list[StepSpec]:
+    """Every StepSpec of the profile after overrides, in a stable order (for stable test ids).
+    `resolve_models=False` leaves the model names unchecked here: `b3 compare`'s workers import
+    them, each from its own revision."""
+    grid = case_grid(options, resolve_models=resolve_models)
     modes = [mode] if mode else list(MODES)
     cases = []
     for model, precision, acc, size, case_mode in itertools.product(
@@ -147,10 +151,10 @@ class CaseGrid:
         )
 
 
-def case_grid(options: CaseOptions) -> CaseGrid:
+def case_grid(options: CaseOptions, *, resolve_models: bool = True) -> CaseGrid:
     profile = get_profile(options.profile, options.device)
     models = _split(options.models) or list(profile.models)
-    for model in models:
+    for model in models if resolve_models else ():
         get_model_spec(model)  # unknown names fail here, with suggestions
     sizes = parse_batch_sizes(options.batch_sizes) if options.batch_sizes else profile.batch_sizes
     precisions = _split(options.precisions) or list(profile.precisions)
