@@ -123,3 +123,21 @@ def test_pull_requests_compare_base_and_head_without_secrets():
     script = "\n".join(step.get("run", "") for step in job["steps"])
     assert "nox -s compare --" in script and "HEAD --profile quick" in script
     assert "$GITHUB_STEP_SUMMARY" in script
+
+
+def test_the_nightly_publishes_the_self_contained_asv_site():
+    """The artifact and gh-pages get `.asv/html` after `nox -s asv_publish`, which must run
+    `b3 publish` (asv's own publish would leave the CDN references in place)."""
+    import inspect
+
+    workflow = load("nightly-gpu.yml")
+    steps = workflow["jobs"]["gpu-benchmarks"]["steps"]
+    runs = [step.get("run", "") for step in steps]
+    publish = next(i for i, run in enumerate(runs) if "nox -s asv_publish" in run)
+    uploads = [i for i, s in enumerate(steps) if ".asv/html" in str(s.get("with", {}))]
+    assert len(uploads) == 2 and min(uploads) > publish  # the artifact and gh-pages
+    nox_sessions()
+    import nox.registry
+
+    source = inspect.getsource(nox.registry.get()["asv_publish"].func)
+    assert '"b3", "publish"' in source
