@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from b3core.cli import launch
 from b3core.cli.options import (
     add_fields_as_options,
     spec_from_args,
@@ -18,16 +19,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_fields_as_options(p, StepSpec, required=("batch_size",), defaults={"model": "simple_cnn"})
     add_fields_as_options(p, Timing)
     p.add_argument("--json", metavar="PATH", help="write the full result and machine record")
+    launch.add_launch_options(p)
     p.set_defaults(func=cmd_step)
 
 
 def cmd_step(args: argparse.Namespace) -> int:
+    from b3core.measuring.distributed import process_group
     from b3core.measuring.machine import machine_record
     from b3core.measuring.runner import measure
     from b3core.reports.tables import describe_step_result
+    from b3core.workloads.build import check_buildable, target_device
 
-    result = measure(spec_from_args(args), timing_from_args(args))
-    print(describe_step_result(result))
-    if args.json:
-        write_json(args.json, {"result": result.to_dict(), "machine": machine_record()})
+    spec, timing = spec_from_args(args), timing_from_args(args)
+    if launch.wanted(args):
+        check_buildable(spec)  # bad input fails here, once, not in every rank
+        return launch.run_ranks(args, args.argv)
+    with process_group(target_device(spec)) as rank:
+        result = measure(spec, timing)
+    if rank is None or rank.rank == 0:
+        print(describe_step_result(result))
+        if args.json:
+            write_json(args.json, {"result": result.to_dict(), "machine": machine_record()})
     return 0

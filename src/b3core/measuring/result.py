@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from b3core.measuring.distributed import DistributedInfo
 from b3core.measuring.stats import Measurement
 from b3core.spec.step import StepSpec
 from b3core.workloads.info import WorkloadInfo
@@ -54,6 +55,7 @@ class StepResult:
     warmup: Warmup | None = None  # None: loaded from b3 0.1, which did not record it
     workload: WorkloadInfo | None = None
     skipped_steps: int = 0
+    distributed: DistributedInfo | None = None  # data parallel: the world and every rank's times
 
     @property
     def warnings(self) -> list[str]:
@@ -89,6 +91,7 @@ class StepResult:
             "warmup": self.warmup.to_dict() if self.warmup else None,
             "workload": self.workload.to_dict() if self.workload else None,
             "device_name": self.device_name,
+            "distributed": self.distributed.to_dict() if self.distributed else None,
         }
 
     @classmethod
@@ -110,4 +113,5 @@ class StepResult:
             Warmup(**warmup) if warmup else None,
             WorkloadInfo.from_dict(d["workload"]) if d.get("workload") else None,
             int(d.get("skipped_steps", 0)),
+            DistributedInfo.from_dict(d["distributed"]) if d.get("distributed") else None,
         )

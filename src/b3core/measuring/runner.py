@@ -8,6 +8,8 @@ it, and hands the ready step to `body`, which times it with b3's clocks or an ou
 
 from __future__ import annotations
 
+import contextlib
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -15,7 +17,9 @@ from typing import Generic, TypeVar
 import torch
 
 from b3core.errors import B3Error, StepOutOfMemory
+from b3core.measuring import distributed
 from b3core.measuring.clocks import block_steps_for, time_block
+from b3core.measuring.distributed import DistributedInfo
 from b3core.measuring.machine import device_name
 from b3core.measuring.memory import (
     MemoryBudget,
@@ -122,9 +126,22 @@ class GuardedRun(Generic[T]):
     workload: WorkloadInfo
     device_name: str
 
-    def result(self, spec: StepSpec, measurement: Measurement, skipped: int) -> StepResult:
+    def result(
+        self,
+        spec: StepSpec,
+        measurement: Measurement,
+        skipped: int,
+        ranks: DistributedInfo | None = None,
+    ) -> StepResult:
         return StepResult(
-            spec, measurement, self.memory, self.device_name, self.warmup, self.workload, skipped
+            spec,
+            measurement,
+            self.memory,
+            self.device_name,
+            self.warmup,
+            self.workload,
+            skipped,
+            ranks,
         )
 
 
@@ -175,16 +192,58 @@ def measure(
     """Warm up, then time `timing.repeats` samples with the named clock (default: Timing())."""
     timing = timing or Timing()
 
-    def timed(ready: ReadyStep) -> tuple[Measurement, int]:
+    def timed(ready: ReadyStep) -> tuple[Measurement, int, DistributedInfo | None]:
+        rank = distributed.current()
         k = ready.block_steps(timing)
+        if rank is not None:
+            k = max(distributed.gather(k))  # every rank runs the same steps per block
         skipped = ready.skipped_updates
-        times = [time_block(ready.call, ready.device, k) for _ in range(timing.repeats)]
-        measured = Measurement(tuple(times), spec.samples_per_step, k, timing.clock)
-        return measured, ready.skipped_updates - skipped
+        times = [_block(ready, k, rank) for _ in range(timing.repeats)]
+        ranks = None
+        if rank is not None:
+            rank_times = tuple(tuple(t) for t in distributed.gather(times))
+            times = [max(sample) for sample in zip(*rank_times)]  # the slowest rank's
+            ranks = DistributedInfo(
+                rank.world_size,
+                rank.backend,
+                spec.batch_size,
+                spec.accumulation_steps if spec.mode == "train" else 1,
+                rank_times,
+                _comm_share(ready, k, rank) if spec.mode == "train" else None,
+            )
+        samples = spec.samples_per_step * (rank.world_size if rank else 1)
+        measured = Measurement(tuple(times), samples, k, timing.clock)
+        return measured, ready.skipped_updates - skipped, ranks
 
     run = run_guarded(spec, timed, warmup=timing.warmup, memory_budget=memory_budget, seed=seed)
-    measured, skipped = run.value
-    return run.result(spec, measured, skipped)
+    measured, skipped, ranks = run.value
+    return run.result(spec, measured, skipped, ranks)
+
+
+def _block(ready: ReadyStep, k: int, rank: distributed.Rank | None) -> float:
+    """One timed block; under DDP every rank starts it together (barrier outside the clock)."""
+    if rank is not None:
+        torch.distributed.barrier()
+    return time_block(ready.call, ready.device, k)
+
+
+COMM_PAIRS = 5
+
+
+def _comm_share(ready: ReadyStep, k: int, rank: distributed.Rank) -> float:
+    """The share of a step spent in DDP's gradient all-reduce: blocks with the all-reduce
+    skipped (no_sync) against normal blocks, alternating, slowest rank's medians."""
+    normal, local = [], []
+    for i in range(2 * COMM_PAIRS):
+        skip = i % 2 == 1
+        torch.distributed.barrier()
+        with ready.workload.trainer.no_sync() if skip else contextlib.nullcontext():
+            seconds = time_block(ready.call, ready.device, k)
+        (local if skip else normal).append(seconds)
+    per_rank = distributed.gather((normal, local))
+    normal_slowest = [max(s) for s in zip(*(times for times, _ in per_rank))]
+    local_slowest = [max(s) for s in zip(*(times for _, times in per_rank))]
+    return 1.0 - statistics.median(local_slowest) / statistics.median(normal_slowest)
 
 
 def prepare(spec: StepSpec, warmup: int = MIN_WARMUP, seed: int = 0) -> ReadyStep:

@@ -192,10 +192,24 @@ def describe_step_result(r: StepResult) -> str:
         f"IQR {t.iqr * 1e3:.4g} ms, 95% CI {t.ci95_low * 1e3:.4g} to {t.ci95_high * 1e3:.4g} ms, "
         f"n={t.n})",
         f"  samples/s     {with_ci(rate)}  (95% CI; {rate.samples} samples in "
-        f"{format_time(rate.seconds)}, {r.spec.samples_per_step} per step)",
+        f"{format_time(rate.seconds)}, {m.samples_per_step} per step)",
         f"  iterations/s  {rate_text(m.iterations_per_second)}",
         f"  peak memory   {r.memory.peak_bytes / MiB:.0f} MiB ({r.memory.source})",
     ]
+    if r.distributed:
+        d = r.distributed
+        comm = (
+            f"; all-reduce {d.comm_share:.0%} of a step (no_sync method)"
+            if d.comm_share is not None
+            else ""
+        )
+        lines.insert(
+            1,
+            f"  data parallel {d.world_size} ranks ({d.backend}), per-rank batch "
+            f"{d.per_rank_batch} x {d.accumulation_steps} accumulation = global batch "
+            f"{d.global_batch_size}; each sample the slowest rank's; straggler spread "
+            f"{d.straggler_spread:.3f} (slowest/median rank){comm}",
+        )
     if r.workload:
         w = r.workload
         shape = "x".join(map(str, w.input_shape))

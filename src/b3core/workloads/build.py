@@ -14,7 +14,7 @@ import torch
 from b3core.errors import B3Error
 from b3core.spec.step import StepSpec
 from b3core.workloads.data import synthetic_batch
-from b3core.workloads.devices import check_precision, resolve_device
+from b3core.workloads.devices import check_precision, rank_device, resolve_device
 from b3core.workloads.info import WorkloadInfo
 from b3core.workloads.models import (
     ModelInput,
@@ -27,8 +27,9 @@ from b3core.workloads.training import Trainer, prepare_training
 
 
 def target_device(spec: StepSpec) -> torch.device:
-    """The spec's device, checked to exist and to run the spec's precision."""
-    device = resolve_device(spec.device)
+    """The spec's device, checked to exist and to run the spec's precision; under torchrun,
+    this rank's own GPU."""
+    device = rank_device(resolve_device(spec.device))
     check_precision(spec.precision, device)
     return device
 
@@ -59,6 +60,8 @@ class Workload:
 def build_workload(spec: StepSpec, device: torch.device, seed: int = 0) -> Workload:
     model, model_input = check_buildable(spec)
     trainer = prepare_training(spec, device, seed)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        seed += torch.distributed.get_rank()  # each rank its own shard of data
     inputs, targets = synthetic_batch(
         spec.batch_size, model_input, device, channels_last=spec.channels_last, seed=seed
     )

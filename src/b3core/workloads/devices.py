@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from contextlib import AbstractContextManager as ContextManager
 
 import torch
@@ -37,6 +38,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     if kind == "mps" and not _mps_available():
         raise B3Error(f"--device {name}: MPS is not available on this machine")
     return torch.device(name)
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """Under torchrun, each rank on its own GPU (LOCAL_RANK), not all on GPU 0."""
+    if device.type != "cuda" or "LOCAL_RANK" not in os.environ:
+        return device
+    local = int(os.environ["LOCAL_RANK"])
+    if local >= torch.cuda.device_count():
+        raise B3Error(f"local rank {local} has no GPU: {torch.cuda.device_count()} GPU(s) here")
+    return torch.device("cuda", local)
 
 
 def device_context(device: torch.device) -> ContextManager:

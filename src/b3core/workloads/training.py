@@ -108,6 +108,7 @@ class Trainer:
     autocast: Callable[[], ContextManager]
     memory_format: torch.memory_format
     loss_fn: LossFn = nn.functional.cross_entropy
+    no_sync: Callable[[], ContextManager] | None = None  # a DDP model's: skip the all-reduce
     custom_step: Callable[[Sequence[Batch]], object] | None = None
     counts_updates: bool = True
     attempted_updates: int = 0
@@ -137,6 +138,7 @@ class Trainer:
             loss_fn=self.loss_fn,
             autocast=self.autocast,
             scaler=self.scaler,
+            no_sync=self.no_sync,
         )
 
     def infer(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -158,12 +160,16 @@ def prepare_training(spec: StepSpec, device: torch.device, seed: int = 0) -> Tra
     model = model.to(device=device, memory_format=memory_format).train()
     if spec.compile:
         model = torch.compile(model)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     trainer = Trainer(
         model=model,
         optimizer=make_optimizer(spec.optimizer, model.parameters(), spec.lr),
         scaler=make_grad_scaler(spec.precision, device),
         autocast=autocast_factory(spec.precision, device),
         memory_format=memory_format,
+        no_sync=getattr(model, "no_sync", None),
     )
     if spec.loss:
         trainer.loss_fn = load_loss(spec.loss)

@@ -22,6 +22,7 @@ STEP_CALL = """        return train_step(
             loss_fn=self.loss_fn,
             autocast=self.autocast,
             scaler=self.scaler,
+            no_sync=self.no_sync,
         )
 """
 SLOWED_STEP_CALL = (

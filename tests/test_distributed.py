@@ -1,0 +1,174 @@
+"""Data parallel through torchrun on CPU (gloo, 2 ranks): the arithmetic of a DDP step with
+accumulation, no_sync really skipping the all-reduce, `b3 step --nproc-per-node`, and faults
+that end in one line."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from b3core.measuring.distributed import DistributedInfo
+from b3core.workloads.training import train_step
+
+HERE = Path(__file__).parent
+
+
+def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+         *args],
+        capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+
+
+def b3(*args: str, pythonpath: Path | None = None, timeout: float = 300):
+    env = {**os.environ}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "b3core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "out.json"
+    proc = torchrun(str(HERE / "ddp" / "equivalence.py"), str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_two_ranks_with_accumulation_leave_the_weights_of_one_process_on_the_global_batch(
+    ddp_run,
+):
+    sys.path.insert(0, str(HERE / "ddp"))
+    try:
+        import equivalence
+    finally:
+        sys.path.pop(0)
+    reference = equivalence.model()
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    train_step(reference, optimizer, [equivalence.global_batch()])
+    expected = [p.detach() for p in reference.parameters()]
+    for rank_weights in ddp_run["weights"]:
+        for got, want in zip(rank_weights, expected):
+            assert torch.allclose(torch.tensor(got, dtype=torch.float64), want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_no_sync_leaves_one_all_reduce_pass_per_optimizer_step(ddp_run):
+    """With 3 micro-batches, the comm hook runs as often as with 1: once per bucket per step."""
+    assert ddp_run["calls_with_one"] >= 1
+    assert ddp_run["calls_with_k"] == ddp_run["calls_with_one"]
+
+
+@pytest.mark.slow
+def test_b3_step_on_two_ranks_states_the_world_and_every_ranks_times(tmp_path):
+    out = tmp_path / "step.json"
+    proc = b3(
+        "step", "--model", "simple_cnn", "--batch-size", "16", "--nproc-per-node", "2",
+        "--device", "cpu", "--accumulation-steps", "2", "--repeats", "4", "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("simple_cnn/train") == 1  # rank 0 alone prints
+    result = json.loads(out.read_text())["result"]
+    ranks = result["distributed"]
+    assert (ranks["world_size"], ranks["global_batch_size"], ranks["backend"]) == (2, 64, "gloo")
+    assert len(ranks["rank_times"]) == 2 and all(len(t) == 4 for t in ranks["rank_times"])
+    slowest = [max(pair) for pair in zip(*ranks["rank_times"])]
+    assert result["measurement"]["times_s"] == pytest.approx(slowest)
+    assert result["measurement"]["samples_per_step"] == 64  # global samples per step
+    assert -1 < ranks["comm_share"] < 1
+
+
+@pytest.mark.slow
+def test_torchrun_runs_b3_directly(tmp_path):
+    out = tmp_path / "step.json"
+    proc = torchrun(
+        "-m", "b3core.cli", "step", "--batch-size", "8", "--device", "cpu", "--repeats", "3",
+        "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["result"]["distributed"]["global_batch_size"] == 16
+
+
+DYING_NET = """
+import os
+from torch import nn
+
+CALLS = [0]
+
+class DiesOnRankOne(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        CALLS[0] += 1
+        if os.environ.get("RANK") == "1" and CALLS[0] == 3:
+            os._exit(7)
+        return self.fc(x)
+
+def dies(num_classes):
+    return DiesOnRankOne(num_classes)
+dies.b3_input_shape = (8,)
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_ends_the_run_in_one_line_that_names_it(tmp_path):
+    (tmp_path / "dying_net.py").write_text(DYING_NET)
+    proc = b3(
+        "step", "--model", "dying_net:dies", "--batch-size", "4", "--nproc-per-node", "2",
+        "--device", "cpu", pythonpath=tmp_path, timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "rank 1 failed (exit 7)" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_taken_rendezvous_port_is_one_line_and_exit_2():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = b3(
+            "step", "--batch-size", "4", "--nproc-per-node", "2", "--device", "cpu",
+            "--rdzv-endpoint", f"127.0.0.1:{port}", timeout=200,
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "could not meet at 127.0.0.1" in lines[0], proc.stderr
+
+
+def test_bad_input_is_refused_before_any_rank_starts():
+    proc = b3("step", "--model", "resnet_18", "--batch-size", "4", "--nproc-per-node", "2")
+    assert proc.returncode == 2 and "unknown model 'resnet_18'" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_the_global_batch_and_straggler_arithmetic():
+    info = DistributedInfo(
+        world_size=4,
+        backend="gloo",
+        per_rank_batch=16,
+        accumulation_steps=2,
+        rank_times=((1.0, 1.0), (1.1, 1.1), (1.2, 1.2), (2.0, 2.0)),
+        comm_share=0.25,
+    )
+    assert info.global_batch_size == 128
+    assert info.straggler_spread == pytest.approx(2.0 / 1.15)
+    assert DistributedInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
