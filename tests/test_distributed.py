@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from b3core.measuring.distributed import DistributedInfo
+from b3core.measuring.result import DistributedInfo
 from b3core.workloads.training import train_step
 
 HERE = Path(__file__).parent

@@ -19,7 +19,6 @@ import torch
 from b3core.errors import B3Error, StepOutOfMemory
 from b3core.measuring import distributed
 from b3core.measuring.clocks import block_steps_for, time_block
-from b3core.measuring.distributed import DistributedInfo
 from b3core.measuring.machine import device_name
 from b3core.measuring.memory import (
     MemoryBudget,
@@ -27,7 +26,7 @@ from b3core.measuring.memory import (
     is_out_of_memory,
     release_memory,
 )
-from b3core.measuring.result import PeakMemory, StepResult, Warmup
+from b3core.measuring.result import DistributedInfo, PeakMemory, StepResult, Warmup
 from b3core.measuring.stats import Measurement
 from b3core.spec.step import MIN_WARMUP, StepSpec, Timing
 from b3core.workloads.build import Workload, build_workload, target_device
