@@ -172,3 +172,74 @@ def test_the_global_batch_and_straggler_arithmetic():
     assert info.global_batch_size == 128
     assert info.straggler_spread == pytest.approx(2.0 / 1.15)
     assert DistributedInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
+
+
+# --- scaling ----------------------------------------------------------------------------------
+
+
+def recorded(world: int, per_rank_batch: int, block_times: tuple[float, ...]):
+    from b3core.measuring.result import PeakMemory, StepResult
+    from b3core.measuring.stats import Measurement
+    from b3core.spec.step import StepSpec
+
+    info = DistributedInfo(world, "gloo", per_rank_batch, 1, (block_times,) * world, 0.1)
+    samples = per_rank_batch * world
+    measurement = Measurement(block_times, samples, 2, "blocked")  # 2 steps per block
+    return StepResult(
+        StepSpec("simple_cnn", per_rank_batch), measurement, PeakMemory(1, None, "x"), "cpu",
+        distributed=info,
+    )  # fmt: skip
+
+
+def test_the_scaling_arithmetic_on_recorded_times():
+    from b3core.reports.scaling_report import scaling_frame
+    from b3core.studies.scaling import efficiency
+
+    one = recorded(1, 16, (1.0, 1.1, 0.9))  # 32 samples per block: 32 samples/s
+    two = recorded(2, 16, (1.6, 1.5, 1.7))  # 64 per block: 40 samples/s
+    eff = efficiency(two, one)
+    assert eff.value == pytest.approx(40 / (2 * 32))
+    assert eff.ci95[0] < eff.value < eff.ci95[1]
+    frame = scaling_frame([two, one])
+    assert list(frame["world_size"]) == [1, 2] and list(frame["global_batch"]) == [16, 32]
+    assert list(frame["samples_per_s"]) == pytest.approx([32.0, 40.0])
+    assert frame["efficiency"].iloc[1] == pytest.approx(0.625)
+
+
+def test_strong_scaling_splits_the_global_batch():
+    from b3core.errors import B3Error
+    from b3core.studies.scaling import per_rank_batch
+
+    assert per_rank_batch(64, 4, "strong") == 16 and per_rank_batch(64, 4, "weak") == 64
+    with pytest.raises(B3Error, match="every world size divides"):
+        per_rank_batch(30, 4, "strong")
+
+
+def test_a_spec_survives_its_own_command_line():
+    from b3core.cli import build_parser
+    from b3core.cli.options import fields_as_argv, spec_from_args, timing_from_args
+    from b3core.spec.step import StepSpec, Timing
+
+    spec = StepSpec(
+        "resnet18", 4, "bf16", 3, "inference", 64, 7, "sgd", 0.1, True, True, False, "cpu",
+        input_dtype="int64", vocab_size=9, loss="m:f",
+    )  # fmt: skip
+    timing = Timing(3, 4, "per-step")
+    argv = ["step", *fields_as_argv(spec), *fields_as_argv(timing)]
+    args = build_parser().parse_args(argv)
+    assert spec_from_args(args) == spec and timing_from_args(args) == timing
+
+
+@pytest.mark.slow
+def test_b3_scale_measures_each_world_size_and_writes_the_table_and_plot(tmp_path):
+    out = tmp_path / "scale"
+    proc = b3(
+        "scale", "--model", "simple_cnn", "--batch-size", "8", "--nproc-per-node", "2",
+        "--device", "cpu", "--repeats", "3", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((out / "scaling.json").read_text())["rows"]
+    assert [r["world_size"] for r in rows] == [1, 2]
+    assert [r["global_batch"] for r in rows] == [8, 16]
+    assert rows[0]["efficiency"] == pytest.approx(1.0)
+    assert (out / "scaling.png").stat().st_size > 0 and (out / "world-2.json").is_file()

@@ -95,6 +95,22 @@ def add_fields_as_options(
         p.add_argument(*flags, dest=f.name, **cli)
 
 
+def fields_as_argv(record) -> list[str]:
+    """The command-line options that give a spec record (StepSpec, Timing) its values: the
+    inverse of add_fields_as_options, for a command that runs another (b3 scale runs b3 step)."""
+    argv: list[str] = []
+    for f in dataclasses.fields(record):
+        cli, value = f.metadata.get("cli"), getattr(record, f.name)
+        if cli is None or value is None or value == f.default:
+            continue
+        flag, action = cli["flags"][0], cli.get("action")
+        if action in ("store_true", "store_false", "store_const"):
+            argv.append(flag)  # a value other than the default is the flag's own
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
 def spec_from_args(args: argparse.Namespace, **overrides):
     """The StepSpec the options describe, on the resolved device ("auto" becomes cpu, cuda, ...)."""
     from b3core.spec.step import StepSpec
