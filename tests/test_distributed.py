@@ -157,7 +157,47 @@ def test_a_taken_rendezvous_port_is_one_line_and_exit_2():
 def test_bad_input_is_refused_before_any_rank_starts():
     proc = b3("step", "--model", "resnet_18", "--batch-size", "4", "--nproc-per-node", "2")
     assert proc.returncode == 2 and "unknown model 'resnet_18'" in proc.stderr
-    assert proc.stderr.count("\n") == 1
+    assert proc.stderr.count("\n") == 1 and "rank" not in proc.stderr
+
+
+def test_each_timed_block_starts_at_a_barrier_outside_the_clock(monkeypatch):
+    """One rank in-process (a world of 1, gloo): every timed block and every block of the
+    all-reduce share begins with a barrier."""
+    from b3core.measuring import runner
+    from b3core.measuring.distributed import process_group
+    from b3core.spec.step import StepSpec, Timing
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    world = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for key, value in {**world, "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    events = []
+    real_barrier, real_time = torch.distributed.barrier, runner.time_block
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: events.append("barrier"))
+    monkeypatch.setattr(
+        runner, "time_block", lambda *a, **k: events.append("block") or real_time(*a, **k)
+    )
+    with process_group(torch.device("cpu")):
+        result = runner.measure(StepSpec("simple_cnn", 4, device="cpu"), Timing(repeats=3))
+        real_barrier()
+    assert result.distributed.world_size == 1 and len(result.distributed.rank_times[0]) == 3
+    timed = events[events.index("barrier") :]  # the warm-up's blocks come first
+    assert timed == ["barrier", "block"] * (3 + 2 * runner.COMM_PAIRS)
+
+
+def test_each_rank_is_pinned_to_its_own_gpu(monkeypatch):
+    from b3core.errors import B3Error
+    from b3core.workloads.devices import rank_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert rank_device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert rank_device(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(B3Error, match="local rank 2 has no GPU"):
+        rank_device(torch.device("cuda"))
 
 
 def test_the_global_batch_and_straggler_arithmetic():
