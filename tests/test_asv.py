@@ -20,7 +20,6 @@ deterministically by test_every_tracked_number_of_b3s_suite_grows_when_the_step_
 
 import json
 import os
-import shutil
 import site
 import subprocess
 import sys
@@ -28,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.asv_helpers import REPO, SLOWDOWN, TRAINING, asv, copy_b3, git
+
 INSTALL = Path(__file__).parent / "asv_e2e" / "install.py"
 CASE = {"B3_MODELS": "simple_cnn", "B3_BATCH_SIZES": "256", "B3_PRECISIONS": "fp32"}
 TRAIN_METRICS = ("TrainStep.time_train_step", "TrainCost.track_seconds_per_sample")
@@ -37,36 +37,8 @@ SLOWER, SLOW_BASE = 0.30, 0.43  # 1.3x; and 1/1.43 = 0.7x when the sleep is remo
 ATTEMPTS = 4
 
 
-SLOWDOWN = """
-
-# Injected by tests/test_asv.py: a training step {factor:.0%} slower than its own compute.
-import time as _time
-
-_undelayed_step = Trainer.step
-
-
-def _delayed_step(self, micro_batches):
-    began = _time.perf_counter()
-    loss = _undelayed_step(self, micro_batches)
-    _time.sleep({factor} * (_time.perf_counter() - began))
-    return loss
-
-
-Trainer.step = _delayed_step
-"""
-
-
-def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b3", "GIT_AUTHOR_EMAIL": "b3@test"}
-    env.update(GIT_COMMITTER_NAME="b3", GIT_COMMITTER_EMAIL="b3@test")
-    proc = subprocess.run(
-        ["git", *args], cwd=repo, capture_output=True, text=True, check=True, env=env
-    )
-    return proc.stdout.strip()
-
-
 def commit_step_delay(repo: Path, training: str, factor: float, message: str) -> str:
-    path = repo / "src" / "b3core" / "workloads" / "training.py"
+    path = repo / TRAINING
     path.write_text(training + (SLOWDOWN.format(factor=factor) if factor else ""))
     git(repo, "commit", "-q", "-am", message)
     return git(repo, "rev-parse", "HEAD")
@@ -75,11 +47,7 @@ def commit_step_delay(repo: Path, training: str, factor: float, message: str) ->
 @pytest.fixture(scope="module")
 def b3_repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("b3")
-    files = git(REPO, "ls-files", "src", "benchmarks", "pyproject.toml").splitlines()
-    for name in files:
-        if (REPO / name).exists():  # the working tree's version, as the tests see it
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
+    copy_b3(repo)
     config = {
         "version": 1,
         "project": "b3core",
@@ -99,7 +67,7 @@ def b3_repo(tmp_path_factory):
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "b3 as it is")
-    training = (repo / "src" / "b3core" / "workloads" / "training.py").read_text()
+    training = (repo / TRAINING).read_text()
     commits = {
         "base": git(repo, "rev-parse", "HEAD"),
         "slower": commit_step_delay(repo, training, SLOWER, "training step 30% slower"),
@@ -118,17 +86,6 @@ def b3_repo(tmp_path_factory):
     }
     asv(repo, env, "machine", "--yes", "--machine", "ci-cpu")
     return repo, env, commits
-
-
-def asv(repo: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "asv", *args],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
 
 
 def continuous(repo, env, base, head):

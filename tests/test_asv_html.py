@@ -23,28 +23,11 @@ import pytest
 
 from b3core.cli import main
 from b3core.suites import asv_publish
+from tests.asv_helpers import SLOWDOWN, TRAINING, asv, copy_b3, git
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MACHINE = "b3-html-test"
 CASE = {"B3_MODELS": "simple_cnn", "B3_BATCH_SIZES": "16,32", "B3_PRECISIONS": "fp32"}
-SLOWDOWN = """
-
-# Injected by tests/test_asv_html.py: every training step twice as long.
-import time as _time
-
-_undelayed_step = Trainer.step
-
-
-def _delayed_step(self, micro_batches):
-    began = _time.perf_counter()
-    loss = _undelayed_step(self, micro_batches)
-    _time.sleep(_time.perf_counter() - began)
-    return loss
-
-
-Trainer.step = _delayed_step
-"""
 TRAIN_METRICS = (
     "asv_steps.TrainStep.time_train_step",
     "asv_steps.TrainCost.track_seconds_per_sample",
@@ -55,24 +38,8 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
-def git(repo: Path, *args: str, date: str = "2026-11-01T12:00:00") -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b3", "GIT_AUTHOR_EMAIL": "b3@test"}
-    env.update(GIT_COMMITTER_NAME="b3", GIT_COMMITTER_EMAIL="b3@test")
-    env.update(GIT_AUTHOR_DATE=date, GIT_COMMITTER_DATE=date)  # asv orders commits by date
-    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
-
-
-def asv(repo: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "asv", *args],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+def run_asv(repo: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    proc = asv(repo, env, *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -81,10 +48,7 @@ def asv(repo: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
 def history(tmp_path_factory):
     """A repository with two benchmarked commits (the second slower) and its asv config."""
     repo = tmp_path_factory.mktemp("history")
-    for name in git(REPO, "ls-files", "src", "benchmarks", "pyproject.toml").splitlines():
-        if (REPO / name).exists():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
+    copy_b3(repo)
     config = {
         "version": 1,
         "project": "b3core",
@@ -98,9 +62,9 @@ def history(tmp_path_factory):
     (repo / "asv.conf.json").write_text(json.dumps(config, indent=2))
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "b3 as it is")
-    training = repo / "src" / "b3core" / "workloads" / "training.py"
-    training.write_text(training.read_text() + SLOWDOWN)
+    git(repo, "commit", "-q", "-m", "b3 as it is", date="2026-11-01T12:00:00")
+    training = repo / TRAINING
+    training.write_text(training.read_text() + SLOWDOWN.format(factor=1.0))  # twice as long
     git(repo, "commit", "-q", "-am", "training step twice as long", date="2026-11-02T12:00:00")
     home = repo / "home"
     home.mkdir()
@@ -115,11 +79,11 @@ def history(tmp_path_factory):
         "PYTHONPATH": str(repo / "src"),
         "ASV_PYTHONPATH": str(repo / "src"),
     }
-    asv(repo, env, "machine", "--yes", "--machine", MACHINE)
+    run_asv(repo, env, "machine", "--yes", "--machine", MACHINE)
     shas = [git(repo, "rev-parse", rev) for rev in ("HEAD~1", "HEAD")]
     for sha in shas:
         git(repo, "checkout", "-q", sha)
-        asv(
+        run_asv(
             repo, env, "run", "--environment", "existing:python", "--set-commit-hash", sha,
             "--machine", MACHINE, "--quick", "--bench", "TrainCost|TrainStep", "--show-stderr",
         )  # fmt: skip
