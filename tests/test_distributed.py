@@ -283,3 +283,41 @@ def test_b3_scale_measures_each_world_size_and_writes_the_table_and_plot(tmp_pat
     assert [r["global_batch"] for r in rows] == [8, 16]
     assert rows[0]["efficiency"] == pytest.approx(1.0)
     assert (out / "scaling.png").stat().st_size > 0 and (out / "world-2.json").is_file()
+
+
+DIES_ON_THIRD_BUILD = """
+import os
+from torch import nn
+
+BUILT = [0]
+
+def net(num_classes):
+    BUILT[0] += 1
+    if os.environ.get("RANK") == "1" and os.environ.get("B3_TEST_DIE") and BUILT[0] == 3:
+        os._exit(7)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, num_classes))
+net.b3_input_shape = (3, 8, 8)
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_sweep_keeps_the_log_and_resume_completes_it(tmp_path):
+    (tmp_path / "killer_net.py").write_text(DIES_ON_THIRD_BUILD)
+    out = tmp_path / "sweep"
+    argv = [
+        "sweep", "--model", "killer_net:net", "--batch-sizes", "4,8", "--passes", "2",
+        "--repeats", "2", "--nproc-per-node", "2", "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+    os.environ["B3_TEST_DIE"] = "1"
+    try:
+        killed = b3(*argv, pythonpath=tmp_path)
+    finally:
+        del os.environ["B3_TEST_DIE"]
+    assert killed.returncode == 1 and "rank 1 failed (exit 7)" in killed.stderr
+    lines = (out / "sweep.jsonl").read_text().splitlines()
+    units = [json.loads(line) for line in lines[1:]]  # every line whole
+    assert 1 <= len(units) <= 2
+    resumed = b3(*argv, "--resume", pythonpath=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    units = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()[1:]]
+    assert len(units) == 4 and all(u["result"]["distributed"]["world_size"] == 2 for u in units)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from b3core.cli import launch
 from b3core.cli.options import (
     add_fields_as_options,
     batch_size_list,
@@ -13,6 +14,7 @@ from b3core.cli.options import (
     spec_from_args,
     timing_from_args,
 )
+from b3core.errors import B3Error
 from b3core.spec.step import StepSpec, Timing
 
 
@@ -42,16 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="b3-sweep", help="folder for sweep.{jsonl,csv,json,png}")
     p.add_argument("--resume", action="store_true", help="continue the sweep in --out")
+    launch.add_launch_options(p)
     p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from b3core.measuring.machine import machine_record
-    from b3core.reports.sweep_report import render_sweep_summary, write_sweep_report
-    from b3core.studies.sweep import SweepLog, SweepPlan, aggregate, run_sweep
-    from b3core.workloads.build import check_buildable
+    from b3core.measuring.distributed import process_group
+    from b3core.studies.sweep import SweepPlan
+    from b3core.workloads.build import check_buildable, target_device
 
     timing = timing_from_args(args)
     plan = SweepPlan(
@@ -65,8 +65,32 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     check_buildable(plan.base)  # a model, device or precision that cannot run fails before files
+    if launch.wanted(args):
+        if plan.isolate:
+            raise B3Error("--isolate runs each size in a fresh process; not with --nproc-per-node")
+        return launch.run_ranks(args, args.argv)
+    with process_group(target_device(plan.base)) as rank:
+        return _sweep(args, plan, rank)
+
+
+def _sweep(args: argparse.Namespace, plan, rank) -> int:
+    """The sweep on this process; under data parallel every rank runs it, rank 0 alone writes
+    the log (the others follow it, so all agree on what is left) and the reports."""
+    import torch
+    from tqdm import tqdm
+
+    from b3core.measuring.machine import machine_record
+    from b3core.reports.sweep_report import render_sweep_summary, write_sweep_report
+    from b3core.studies.sweep import SweepLog, aggregate, run_sweep
+
+    lead = rank is None or rank.rank == 0
     machine = machine_record()
-    log = SweepLog.open(args.out, plan, resume=args.resume, machine=machine)
+    if lead:
+        log = SweepLog.open(args.out, plan, resume=args.resume, machine=machine)
+    if rank is not None:
+        torch.distributed.barrier()  # rank 0's log exists (or was checked) before the others read
+        if not lead:
+            log = SweepLog.follow(args.out)
     total = len(plan.units())
     bar = tqdm(
         total=total,
@@ -75,7 +99,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         unit="unit",
         file=sys.stderr,
         dynamic_ncols=True,
-        disable=None,
+        disable=None if lead else True,
     )
 
     def on_unit(unit, record) -> None:
@@ -88,6 +112,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         sweep = run_sweep(plan, log, on_unit=on_unit)
     except KeyboardInterrupt:
         bar.close()
+        if not lead:
+            return 130
         write_sweep_report(args.out, aggregate(log.records.values()), machine)
         print(
             f"b3 sweep: interrupted; {len(log.records)} of {total} units are saved in "
@@ -97,6 +123,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 130
     finally:
         bar.close()
+    if not lead:
+        return 0
     written = write_sweep_report(args.out, sweep, machine)
     print(render_sweep_summary(sweep))
     print(f"\nwrote {', '.join(str(p) for p in written)} (raw units: {log.path})")

@@ -71,7 +71,7 @@ def results_frame(results: Iterable[StepResult], source: str | None = None) -> p
                 "accum": s.accumulation_steps,
                 "input_shape": "x".join(map(str, r.workload.input_shape)) if r.workload else "",
                 "model_identity": r.workload.identity if r.workload else "",
-                "samples_per_step": s.samples_per_step,
+                "samples_per_step": m.samples_per_step,  # global under data parallel
                 "clock": m.clock,
                 "steps_per_sample": m.steps_per_sample,
                 "step_ms_mean": m.time.mean * 1e3,

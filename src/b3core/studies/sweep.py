@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from b3core.errors import B3Error, StepOutOfMemory
 from b3core.measuring.isolation import measure_maybe_isolated
 from b3core.measuring.result import StepResult
@@ -96,8 +98,15 @@ class SweepPlan:
 class SweepLog:
     """The append-only record of a sweep: a header line, then one line per finished unit."""
 
-    def __init__(self, path: Path, records: dict[tuple, dict]):
-        self.path, self.records = path, records
+    def __init__(self, path: Path, records: dict[tuple, dict], writer: bool = True):
+        self.path, self.records, self.writer = path, records, writer
+
+    @classmethod
+    def follow(cls, out_dir: str | Path) -> SweepLog:
+        """The log that another process (data-parallel rank 0) writes: read what it holds, and
+        keep later units in memory only."""
+        _, records = read_log(Path(out_dir) / LOG_NAME)
+        return cls(Path(out_dir) / LOG_NAME, records, writer=False)
 
     @classmethod
     def open(cls, out_dir: str | Path, plan: SweepPlan, *, resume: bool, machine: dict) -> SweepLog:
@@ -136,10 +145,11 @@ class SweepLog:
             "pass": unit.pass_index,
             **record,
         }
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if self.writer:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
         self.records[unit.key] = record
 
 
@@ -260,7 +270,10 @@ def run_sweep(
     on_unit: Callable[[Unit, dict | None], None] | None = None,
 ) -> SweepResult:
     """Run every unit the log does not hold yet. A size that ran out of memory is recorded once
-    and not retried in later passes (on_unit sees None for those); the sweep goes on."""
+    and not retried in later passes (on_unit sees None for those); the sweep goes on. Under
+    data parallel an out-of-memory ends this rank instead (the other ranks would wait for it
+    at their next collective): the run stops with what was logged, and --resume goes on."""
+    data_parallel = torch.distributed.is_available() and torch.distributed.is_initialized()
     failed = {(r["mode"], r["batch_size"]) for r in log.records.values() if "oom" in r}
     # The first pass of a size sizes its blocks; later passes reuse that length.
     block_steps = {
@@ -289,6 +302,8 @@ def run_sweep(
             record = {"result": result.to_dict()}
             block_steps[(unit.mode, unit.batch_size)] = result.measurement.steps_per_sample
         except StepOutOfMemory as oom:
+            if data_parallel:
+                raise
             failed.add((unit.mode, unit.batch_size))
             record = {"oom": oom.reason}
         log.append(unit, record)
