@@ -59,6 +59,13 @@ def compare(session: nox.Session) -> None:
 
 
 @nox.session(venv_params=REUSE_TORCH)
+def scale(session: nox.Session) -> None:
+    """DDP scaling efficiency (`b3 scale`), e.g. `nox -s scale -- --nproc-per-node 1,2,4`."""
+    install(session)
+    session.run("b3", "scale", *session.posargs)
+
+
+@nox.session(venv_params=REUSE_TORCH)
 def asv_quick(session: nox.Session) -> None:
     """Smoke run of the asv suite in this environment: every benchmark once, nothing saved."""
     install(session)

@@ -141,3 +141,14 @@ def test_the_nightly_publishes_the_self_contained_asv_site():
 
     source = inspect.getsource(nox.registry.get()["asv_publish"].func)
     assert '"b3", "publish"' in source
+
+
+def test_every_nightly_job_keeps_forks_off_the_gpu_runner_and_the_multi_gpu_job_skips_one_gpu():
+    nightly = load("nightly-gpu.yml")
+    for name, job in nightly["jobs"].items():
+        assert "vars.B3_GPU_RUNNERS == 'true'" in job["if"], name
+        assert job["runs-on"] == ["self-hosted", "gpu"], name
+    multi = nightly["jobs"]["multi-gpu-scaling"]
+    assert multi["needs"] == "gpu-benchmarks"
+    guarded = [s for s in multi["steps"] if "nox" in s.get("run", "") or "with" in s]
+    assert len(guarded) == 3 and all("count > 1" in s.get("if", "") for s in guarded)
