@@ -321,3 +321,50 @@ def test_a_rank_killed_mid_sweep_keeps_the_log_and_resume_completes_it(tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     units = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()[1:]]
     assert len(units) == 4 and all(u["result"]["distributed"]["world_size"] == 2 for u in units)
+
+
+# --- the finder under data parallel -----------------------------------------------------------
+
+HEAVY_ON_RANK_ONE = """
+import os
+import torch
+from torch import nn
+
+BALLAST = []  # rank 1 alone holds 256 MiB more while it trains (the models stay identical)
+
+class Net(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.fc = nn.Linear(3 * 4 * 4, num_classes)
+
+    def forward(self, x):
+        if os.environ.get("RANK") == "1" and not BALLAST:
+            BALLAST.append(torch.ones(64 * 2**20))
+        return self.fc(x.flatten(1))
+
+def net(num_classes):
+    BALLAST.clear()
+    return Net(num_classes)
+net.b3_input_shape = (3, 4, 4)
+"""
+
+
+@pytest.mark.slow
+def test_the_finder_under_ddp_needs_the_batch_to_fit_on_every_rank(tmp_path):
+    (tmp_path / "lopsided.py").write_text(HEAVY_ON_RANK_ONE)
+    common = ["--model", "lopsided:net", "--device", "cpu", "--nproc-per-node", "2",
+              "--start", "2", "--limit", "4", "--fit-sizes", "2,4"]  # fmt: skip
+    out = tmp_path / "roomy.json"
+    roomy = b3("find-max-batch", *common, "--memory-budget", "1G", "--json", str(out),
+               pythonpath=tmp_path)  # fmt: skip
+    assert roomy.returncode == 0, roomy.stderr
+    found = json.loads(out.read_text())
+    assert found["max_batch"] == 4 and found["hit_limit"]
+    assert all(p["peak_bytes"] > 256 * 2**20 for p in found["probes"])  # rank 1's peak counts
+    out = tmp_path / "tight.json"
+    tight = b3("find-max-batch", *common, "--memory-budget", "200M", "--json", str(out),
+               pythonpath=tmp_path)  # fmt: skip
+    assert tight.returncode == 0, tight.stderr
+    found = json.loads(out.read_text())
+    assert found["max_batch"] == 0  # rank 0 fits; rank 1 does not, so nothing does
+    assert all("rank 1:" in p["reason"] for p in found["probes"])

@@ -31,6 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start", type=positive_int, default=1)
     p.add_argument("--limit", type=positive_int, default=65536)
     p.add_argument("--isolate", action="store_true", help="each probe in a fresh process")
+    p.add_argument(
+        "--nproc-per-node",
+        type=positive_int,
+        help="probe data-parallel (DDP through torchrun): each probe a fresh world of this many "
+        "ranks, so the batch found fits on every rank; --batch sizes are per rank",
+    )
     p.add_argument("--safety-margin", type=float, default=0.10)
     p.add_argument(
         "--fit-sizes",
@@ -74,7 +80,13 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
         + (f" within {budget / 2**20:.0f} MiB" if budget else ""),
         flush=True,
     )
-    fitted = fit_memory_model(spec, args.fit_sizes, memory_budget=budget, isolate=args.isolate)
+    fitted = fit_memory_model(
+        spec,
+        args.fit_sizes,
+        memory_budget=budget,
+        isolate=args.isolate,
+        nproc_per_node=args.nproc_per_node,
+    )
     fit = fitted.fit if fitted else None
     target = budget or (
         machine_record()["gpus"][0]["memory_bytes"] if device.type == "cuda" else None
@@ -93,6 +105,7 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
         isolate=args.isolate,
         safety_margin=args.safety_margin,
         on_probe=show,
+        nproc_per_node=args.nproc_per_node,
     )
     if result.max_batch == 0:
         print("not even batch 1 fits")

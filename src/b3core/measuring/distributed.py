@@ -10,14 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
-from collections.abc import Iterator
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from b3core.errors import B3Error
+
 COLLECTIVE_TIMEOUT_S = 300  # the longest any rank waits for the others at a collective
+OUT_OF_MEMORY_EXIT = 75  # a rank's exit code when its step did not fit
+ENGINE_LOGGERS = (
+    "torch.distributed.elastic",
+    "torch.distributed.launcher",
+    "torch.multiprocessing",
+)
 
 
 @dataclass(frozen=True)
@@ -65,3 +77,75 @@ def gather(value: object) -> list:
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, value)
     return out
+
+
+class RankFailed(B3Error):
+    """A rank ended the run: its global rank, exit code, and the last line it wrote to stderr."""
+
+    def __init__(self, rank: int, exitcode: int, said: str):
+        super().__init__(f"rank {rank} failed (exit {exitcode}): {said}")
+        self.rank, self.exitcode, self.said = rank, exitcode, said
+        self.exit_code = exitcode if exitcode in (1, 2) else 1
+
+
+def launch(
+    entrypoint: str | Callable,
+    args: tuple,
+    *,
+    nproc_per_node: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    rdzv_endpoint: str | None = None,
+) -> dict[int, object]:
+    """Run `entrypoint(*args)` (a function, or a program with its arguments) as ranks through
+    torchrun's engine (torch.distributed.launcher, what the `torchrun` command runs); returns
+    each local rank's return value. A failed rank raises RankFailed; the engine has stopped the
+    others by then. A rendezvous that fails (a taken port) is a one-line B3Error."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if nnodes > 1 and not rdzv_endpoint:
+        raise B3Error("--nnodes above 1 needs --rdzv-endpoint HOST:PORT (node 0's address)")
+    if node_rank >= nnodes:
+        raise B3Error(f"--node-rank {node_rank} is not below --nnodes {nnodes}")
+    if nproc_per_node > 1:  # torchrun's convention: one intra-op thread per rank
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    for name in ENGINE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="b3-ranks-") as logs:
+        config = LaunchConfig(
+            min_nodes=nnodes,
+            max_nodes=nnodes,
+            nproc_per_node=nproc_per_node,
+            run_id=f"b3-{uuid.uuid4().hex[:8]}",
+            rdzv_backend="c10d" if nnodes == 1 else "static",
+            rdzv_endpoint=rdzv_endpoint or "localhost:0",
+            # one machine hosts its own rendezvous: a taken port fails at once, not after a wait
+            rdzv_configs={"rank": node_rank} if nnodes > 1 else {"is_host": True},
+            max_restarts=0,
+            logs_specs=DefaultLogsSpecs(log_dir=logs, redirects=Std.ERR),
+        )
+        try:
+            return elastic_launch(config, entrypoint)(*args)
+        except ChildFailedError as exc:
+            rank, failure = exc.get_first_failure()
+            said = _last_line(Path(logs), failure.local_rank)
+            raise RankFailed(rank, failure.exitcode, said) from None
+        except Exception as exc:  # noqa: BLE001 - the rendezvous: a taken port, a bad endpoint
+            where = rdzv_endpoint or "a local port"
+            cause = exc.__cause__ or exc  # the rendezvous error wraps the socket's own
+            detail = str(cause).strip().splitlines()
+            raise B3Error(
+                f"the ranks could not meet at {where}: {type(cause).__name__}: "
+                f"{detail[0][:200] if detail else ''}"
+            ) from exc
+
+
+def _last_line(logs: Path, local_rank: int) -> str:
+    """What the failed rank said last on stderr (b3's one-line error, or a crash's last line)."""
+    for path in logs.rglob(f"{local_rank}/stderr.log"):
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        if lines:
+            return lines[-1].strip()[:300]
+    return "it said nothing (killed?)"

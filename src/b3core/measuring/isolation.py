@@ -51,9 +51,59 @@ def measure_isolated(
     return StepResult.from_dict(answer["result"])
 
 
-def measure_maybe_isolated(
-    spec: StepSpec, timing: Timing, *, isolate: bool, memory_budget: int | None = None, seed=0
+def measure_in_ranks(
+    spec: StepSpec,
+    timing: Timing,
+    nproc_per_node: int,
+    *,
+    memory_budget: int | None = None,
+    seed: int = 0,
 ) -> StepResult:
+    """The step as `nproc_per_node` fresh data-parallel ranks (DDP through torchrun's engine):
+    rank 0's result. A rank that does not fit ends the world, which is StepOutOfMemory here."""
+    from b3core.measuring.distributed import OUT_OF_MEMORY_EXIT, RankFailed, launch
+
+    request = (spec.to_dict(), timing.to_dict(), memory_budget, seed)
+    try:
+        answers = launch(_measure_rank, request, nproc_per_node=nproc_per_node)
+    except RankFailed as failed:
+        if failed.exitcode == OUT_OF_MEMORY_EXIT:
+            raise StepOutOfMemory(spec.label, f"rank {failed.rank}: {failed.said}") from None
+        raise
+    return StepResult.from_dict(answers[0])
+
+
+def _measure_rank(spec: dict, timing: dict, memory_budget: int | None, seed: int) -> dict:
+    """One rank of measure_in_ranks (runs in a process of torchrun's engine)."""
+    import os
+
+    from b3core.measuring.distributed import OUT_OF_MEMORY_EXIT, process_group
+    from b3core.measuring.runner import measure
+    from b3core.workloads.build import target_device
+
+    step = StepSpec.from_dict(spec)
+    with process_group(target_device(step)):
+        try:
+            result = measure(step, Timing.from_dict(timing), memory_budget=memory_budget, seed=seed)
+        except StepOutOfMemory as oom:
+            print(oom.reason, file=sys.stderr, flush=True)
+            os._exit(OUT_OF_MEMORY_EXIT)  # the engine stops the other ranks
+    return result.to_dict()
+
+
+def measure_maybe_isolated(
+    spec: StepSpec,
+    timing: Timing,
+    *,
+    isolate: bool,
+    memory_budget: int | None = None,
+    seed=0,
+    nproc_per_node: int | None = None,
+) -> StepResult:
+    if nproc_per_node:
+        return measure_in_ranks(
+            spec, timing, nproc_per_node, memory_budget=memory_budget, seed=seed
+        )
     if isolate:
         return measure_isolated(spec, timing, memory_budget=memory_budget, seed=seed)
     from b3core.measuring.runner import measure

@@ -61,6 +61,7 @@ class DistributedInfo:
     accumulation_steps: int
     rank_times: tuple[tuple[float, ...], ...]  # [rank][sample], seconds per timed block
     comm_share: float | None
+    rank_peak_bytes: tuple[int, ...] = ()  # each rank's peak memory, in rank order
     comm_share_method: str = COMM_SHARE_METHOD
 
     @property
@@ -83,6 +84,7 @@ class DistributedInfo:
             "rank_times": [list(times) for times in self.rank_times],
             "straggler_spread": self.straggler_spread,
             "comm_share": self.comm_share,
+            "rank_peak_bytes": list(self.rank_peak_bytes),
             "comm_share_method": self.comm_share_method,
         }
 
@@ -95,6 +97,7 @@ class DistributedInfo:
             int(d["accumulation_steps"]),
             tuple(tuple(times) for times in d["rank_times"]),
             d.get("comm_share"),
+            tuple(d.get("rank_peak_bytes", ())),
             d.get("comm_share_method", COMM_SHARE_METHOD),
         )
 

@@ -9,6 +9,7 @@ it, and hands the ready step to `body`, which times it with b3's clocks or an ou
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -191,32 +192,41 @@ def measure(
     """Warm up, then time `timing.repeats` samples with the named clock (default: Timing())."""
     timing = timing or Timing()
 
-    def timed(ready: ReadyStep) -> tuple[Measurement, int, DistributedInfo | None]:
+    def timed(ready: ReadyStep):
         rank = distributed.current()
         k = ready.block_steps(timing)
         if rank is not None:
             k = max(distributed.gather(k))  # every rank runs the same steps per block
         skipped = ready.skipped_updates
         times = [_block(ready, k, rank) for _ in range(timing.repeats)]
-        ranks = None
+        rank_times = comm_share = None
         if rank is not None:
             rank_times = tuple(tuple(t) for t in distributed.gather(times))
             times = [max(sample) for sample in zip(*rank_times)]  # the slowest rank's
-            ranks = DistributedInfo(
-                rank.world_size,
-                rank.backend,
-                spec.batch_size,
-                spec.accumulation_steps if spec.mode == "train" else 1,
-                rank_times,
-                _comm_share(ready, k, rank) if spec.mode == "train" else None,
-            )
+            comm_share = _comm_share(ready, k, rank) if spec.mode == "train" else None
         samples = spec.samples_per_step * (rank.world_size if rank else 1)
         measured = Measurement(tuple(times), samples, k, timing.clock)
-        return measured, ready.skipped_updates - skipped, ranks
+        return measured, ready.skipped_updates - skipped, rank_times, comm_share
 
     run = run_guarded(spec, timed, warmup=timing.warmup, memory_budget=memory_budget, seed=seed)
-    measured, skipped, ranks = run.value
-    return run.result(spec, measured, skipped, ranks)
+    measured, skipped, rank_times, comm_share = run.value
+    rank = distributed.current()
+    if rank is None:
+        return run.result(spec, measured, skipped)
+    peaks = tuple(distributed.gather(run.memory.peak_bytes))
+    ranks = DistributedInfo(
+        rank.world_size,
+        rank.backend,
+        spec.batch_size,
+        spec.accumulation_steps if spec.mode == "train" else 1,
+        rank_times,
+        comm_share,
+        peaks,
+    )
+    result = run.result(spec, measured, skipped, ranks)
+    # a data-parallel step fits where its largest rank fits
+    memory = dataclasses.replace(run.memory, peak_bytes=max(peaks))
+    return dataclasses.replace(result, memory=memory)
 
 
 def _block(ready: ReadyStep, k: int, rank: distributed.Rank | None) -> float:

@@ -66,14 +66,17 @@ def training_probe(
     isolate: bool,
     memory_budget: int | None,
     steps: int = MIN_WARMUP,
+    nproc_per_node: int | None = None,
 ) -> StepResult:
     """`steps` full training steps and one more at `batch`, with their peak memory;
-    StepOutOfMemory if they do not fit."""
+    StepOutOfMemory if they do not fit. With nproc_per_node, a fresh data-parallel world per
+    probe: the batch fits only if it fits on every rank, and the peak is the largest rank's."""
     return measure_maybe_isolated(
         spec.replace(batch_size=batch, mode="train"),
         Timing(repeats=1, warmup=steps, clock="per-step"),
         isolate=isolate,
         memory_budget=memory_budget,
+        nproc_per_node=nproc_per_node,
     )
 
 
@@ -87,6 +90,7 @@ def find_max_batch(
     steps: int = MIN_WARMUP,
     safety_margin: float = DEFAULT_SAFETY_MARGIN,
     on_probe: Callable[[Probe], None] | None = None,
+    nproc_per_node: int | None = None,
 ) -> FindMaxResult:
     if start < 1 or limit < start:
         raise B3Error(f"need 1 <= start <= limit, got start {start} and limit {limit}")
@@ -101,7 +105,12 @@ def find_max_batch(
         began = time.perf_counter()
         try:
             peak = training_probe(
-                result.spec, batch, isolate=isolate, memory_budget=memory_budget, steps=steps
+                result.spec,
+                batch,
+                isolate=isolate,
+                memory_budget=memory_budget,
+                steps=steps,
+                nproc_per_node=nproc_per_node,
             ).memory.peak_bytes
             probe = Probe(batch, True, peak, "", time.perf_counter() - began)
         except StepOutOfMemory as oom:
@@ -148,18 +157,29 @@ def find_max_batch(
 
 
 def fit_memory_model(
-    spec: StepSpec, batch_sizes, *, memory_budget: int | None, isolate: bool = False
+    spec: StepSpec,
+    batch_sizes,
+    *,
+    memory_budget: int | None,
+    isolate: bool = False,
+    nproc_per_node: int | None = None,
 ) -> FittedMemory | None:
     """Peak memory of full training steps at a few sizes, and the line through them. Sizes that
     do not fit are left out; None when fewer than two fit."""
 
     def probe_or_none(size: int) -> StepResult | None:
         try:
-            return training_probe(spec, size, isolate=isolate, memory_budget=memory_budget)
+            return training_probe(
+                spec,
+                size,
+                isolate=isolate,
+                memory_budget=memory_budget,
+                nproc_per_node=nproc_per_node,
+            )
         except StepOutOfMemory:
             return None
 
-    if not isolate:
+    if not isolate and not nproc_per_node:
         # The first configuration in a process also pays one-time costs (kernel caches, thread
         # pools) that no later batch size pays again: spend them on a discarded run.
         probe_or_none(min(batch_sizes))
