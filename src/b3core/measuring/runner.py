@@ -203,7 +203,7 @@ def measure(
         if rank is not None:
             rank_times = tuple(tuple(t) for t in distributed.gather(times))
             times = [max(sample) for sample in zip(*rank_times)]  # the slowest rank's
-            comm_share = _comm_share(ready, k, rank) if spec.mode == "train" else None
+            comm_share = _comm_share(ready, k) if spec.mode == "train" else None
         samples = spec.samples_per_step * (rank.world_size if rank else 1)
         measured = Measurement(tuple(times), samples, k, timing.clock)
         return measured, ready.skipped_updates - skipped, rank_times, comm_share
@@ -239,7 +239,7 @@ def _block(ready: ReadyStep, k: int, rank: distributed.Rank | None) -> float:
 COMM_PAIRS = 5
 
 
-def _comm_share(ready: ReadyStep, k: int, rank: distributed.Rank) -> float:
+def _comm_share(ready: ReadyStep, k: int) -> float:
     """The share of a step spent in DDP's gradient all-reduce: blocks with the all-reduce
     skipped (no_sync) against normal blocks, alternating, slowest rank's medians."""
     normal, local = [], []
