@@ -45,7 +45,7 @@ def run_cli_exit(capsys, *argv):
         (["run", "--dataset", "cifar10", "--data-dir", "/no/such/dir"], "does not exist"),
         (["run", "--batch_size", "0"], "positive integer"),
         (["run", "--mixed_precision", "maybe"], "true or false"),
-        (["run", "--num_devices", "4"], "not supported"),
+        (["run", "--strategy", "fsdp"], "invalid choice"),
         (["run", "--warmup", "1", "--model", "simple_cnn"], "warm-up"),
         (["step", "--batch-size", "4", "--clock", "sundial"], "invalid choice"),
         (["step", "--batch-size", "4", "--warmup", "1"], "warm-up must be at least 2"),

@@ -368,3 +368,20 @@ def test_the_finder_under_ddp_needs_the_batch_to_fit_on_every_rank(tmp_path):
     found = json.loads(out.read_text())
     assert found["max_batch"] == 0  # rank 0 fits; rank 1 does not, so nothing does
     assert all("rank 1:" in p["reason"] for p in found["probes"])
+
+
+@pytest.mark.slow
+def test_b3_run_shards_the_data_over_the_ranks_with_b3s_own_flags(tmp_path):
+    out = tmp_path / "run.json"
+    proc = b3(
+        "run", "--model", "simple_cnn", "--batch-size", "16", "--train-size", "256",
+        "--image-size", "32", "--num-devices", "2", "--strategy", "ddp", "--device", "cpu",
+        "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("b3 run: simple_cnn, batch 16, 2 ranks (gloo)") == 1
+    result = json.loads(out.read_text())["result"]
+    train = result["runs"][0]["train"]
+    # 256 images in shards of 128: 8 steps of 16 on each rank, every sample counted once
+    assert (train["samples"], train["steps"]) == (256, 8)
+    assert result["step"]["distributed"]["global_batch_size"] == 32

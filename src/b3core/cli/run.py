@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from b3core.cli import launch
 from b3core.cli.options import (
     add_fields_as_options,
     boolean,
@@ -16,6 +17,9 @@ from b3core.cli.options import (
 )
 from b3core.errors import B3Error
 from b3core.spec.step import DATASETS, MIN_WARMUP, StepSpec
+
+# B3's Lightning strategies: one process, or data parallel (what --num-devices N then runs)
+STRATEGIES = ("auto", "none", "ddp")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,19 +50,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-size", "--train_size", type=positive_int, default=None)
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--output-path", "--output_path", default=None, help="folder for b3-run.json")
-    p.add_argument("--num-devices", "--num_devices", type=positive_int, default=1)
-    p.add_argument("--strategy", default=None)
+    p.add_argument(
+        "--num-devices",
+        "--num_devices",
+        type=positive_int,
+        default=1,
+        help="B3's spelling of --nproc-per-node (with --strategy ddp)",
+    )
+    p.add_argument("--strategy", default=None, choices=STRATEGIES)
+    launch.add_launch_options(p)
     p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from b3core.measuring.machine import machine_record
-    from b3core.reports.tables import experiment_rows, to_text
-    from b3core.studies.experiment import RunConfig, run_experiment
+    from b3core.measuring.distributed import process_group
+    from b3core.studies.experiment import RunConfig
+    from b3core.workloads.build import check_buildable, target_device
     from b3core.workloads.devices import mixed_precision_for, resolve_device
 
-    if args.num_devices > 1 or args.strategy not in (None, "auto", "none"):
-        raise B3Error("multi-device (DDP) runs are not supported yet; use one device")
+    if args.num_devices > 1 and args.nproc_per_node is None:
+        args.nproc_per_node = args.num_devices  # B3's Lightning flags: one rank per device
     device = resolve_device(args.device)
     precision = args.precision
     if args.mixed_precision:
@@ -78,15 +89,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         warmup=args.warmup,
     )
+    if launch.wanted(args):
+        check_buildable(cfg.step)  # bad input fails here, once, not in every rank
+        return launch.run_ranks(args, args.argv)
+    with process_group(target_device(cfg.step)) as rank:
+        return _run(args, cfg, rank)
+
+
+def _run(args: argparse.Namespace, cfg, rank) -> int:
+    """The runs; under data parallel every rank trains on its shard, rank 0 alone reports."""
+    from b3core.measuring.machine import machine_record
+    from b3core.reports.tables import experiment_rows, to_text
+    from b3core.studies.experiment import run_experiment
+
+    if rank is not None and rank.rank != 0:
+        run_experiment(cfg, repeats=args.repeats)
+        return 0
     step = cfg.step
     how = (
         f"mixed precision: {step.precision}"
         if args.mixed_precision
         else f"precision: {step.precision}"
     )
+    ranks = f", {rank.world_size} ranks ({rank.backend})" if rank else ""
     print(
-        f"b3 run: {step.model}, batch {step.batch_size}, {cfg.num_epochs} epoch(s), {how}, "
-        f"{cfg.dataset} data, device {step.device}, {args.repeats} run(s)",
+        f"b3 run: {step.model}, batch {step.batch_size}{ranks}, {cfg.num_epochs} epoch(s), "
+        f"{how}, {cfg.dataset} data, device {step.device}, {args.repeats} run(s)",
         flush=True,
     )
     result = run_experiment(

@@ -9,8 +9,10 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import DistributedSampler
 
 from b3core.errors import B3Error, StepOutOfMemory
+from b3core.measuring import distributed
 from b3core.measuring.result import StepResult
 from b3core.measuring.runner import ReadyStep, measure, run_guarded
 from b3core.measuring.stats import Summary, Throughput, ratio_throughput, summarize
@@ -93,6 +95,21 @@ def eval_batch_sizes(splits: Splits, batch_size: int) -> list[int]:
     return sorted(sizes - {0})
 
 
+def _all_ranks_ready() -> None:
+    """Under data parallel, every rank starts a phase's clock together."""
+    if distributed.current() is not None:
+        torch.distributed.barrier()
+
+
+def _phase(seconds: float, samples: int, steps: int) -> PhaseTiming:
+    """A phase's timing; under data parallel the slowest rank's time and every rank's samples
+    (each rank processed its own shard)."""
+    if distributed.current() is None:
+        return PhaseTiming(seconds, samples, steps)
+    ranks = distributed.gather((seconds, samples))
+    return PhaseTiming(max(s for s, _ in ranks), sum(n for _, n in ranks), steps)
+
+
 def run_once(cfg: RunConfig, splits: Splits, seed: int) -> RunResult:
     """One run through the runner: it builds the step and warms it (on a device batch of the
     loader's shape) before the train clock starts."""
@@ -121,16 +138,19 @@ def run_once(cfg: RunConfig, splits: Splits, seed: int) -> RunResult:
             return images, labels.to(device, non_blocking=pin)
 
         synchronize(device)
+        _all_ranks_ready()
         began = time.perf_counter()
         train_samples, train_steps, loss = 0, 0, torch.zeros(())
-        for _ in range(cfg.num_epochs):
+        for epoch in range(cfg.num_epochs):
+            if isinstance(train_loader.sampler, DistributedSampler):
+                train_loader.sampler.set_epoch(epoch)
             for window in windows(train_loader, spec.accumulation_steps):
                 micro_batches = [to_device(b) for b in window]
                 loss = trainer.step(micro_batches)
                 train_samples += sum(len(t) for _, t in micro_batches)
                 train_steps += 1
         synchronize(device)
-        train = PhaseTiming(time.perf_counter() - began, train_samples, train_steps)
+        train = _phase(time.perf_counter() - began, train_samples, train_steps)
 
         trainer.model.eval()
         shape = ready.workload.info.input_shape
@@ -147,6 +167,7 @@ def run_once(cfg: RunConfig, splits: Splits, seed: int) -> RunResult:
             for ds in (splits.val, splits.test)
         ]
         synchronize(device)
+        _all_ranks_ready()
         began = time.perf_counter()
         eval_samples, eval_batches = 0, 0
         for loader in eval_loaders:
@@ -156,7 +177,7 @@ def run_once(cfg: RunConfig, splits: Splits, seed: int) -> RunResult:
                 eval_samples += len(images)
                 eval_batches += 1
         synchronize(device)
-        inference = PhaseTiming(time.perf_counter() - began, eval_samples, eval_batches)
+        inference = _phase(time.perf_counter() - began, eval_samples, eval_batches)
         return RunResult(train, inference, float(loss))
 
     return run_guarded(spec, body, warmup=cfg.warmup, seed=seed).value

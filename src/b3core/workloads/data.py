@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, random_split
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, random_split
 
 from b3core.errors import B3Error
 from b3core.workloads.models import ModelInput
@@ -115,16 +115,22 @@ def make_loader(
     seed: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """B3's loaders: training shuffles and drops the last partial batch, evaluation keeps it."""
+    """B3's loaders: training shuffles and drops the last partial batch, evaluation keeps it.
+    Under data parallel each rank loads its own shard (DistributedSampler, as B3's Lightning
+    DDP run did); call `loader.sampler.set_epoch(epoch)` before each training epoch."""
+    sampler = None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=train)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         drop_last=train,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed) if train else None,
+        generator=torch.Generator().manual_seed(seed) if train and sampler is None else None,
     )
 
 
