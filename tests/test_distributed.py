@@ -385,3 +385,22 @@ def test_b3_run_shards_the_data_over_the_ranks_with_b3s_own_flags(tmp_path):
     # 256 images in shards of 128: 8 steps of 16 on each rank, every sample counted once
     assert (train["samples"], train["steps"]) == (256, 8)
     assert result["step"]["distributed"]["global_batch_size"] == 32
+
+
+def test_the_rank_that_left_is_named_not_the_peer_it_aborted():
+    """When a rank exits, a peer inside a gloo collective may abort (exit -6) before the engine
+    stops it; the failure to report is the rank that left, whichever the engine saw first."""
+    from types import SimpleNamespace
+
+    from b3core.measuring.distributed import _cause
+
+    aborted, left = (
+        SimpleNamespace(exitcode=-6, timestamp=1),
+        SimpleNamespace(exitcode=75, timestamp=2),
+    )
+    assert _cause({0: aborted, 1: left}) == (1, left)
+    first, later = (
+        SimpleNamespace(exitcode=2, timestamp=1),
+        SimpleNamespace(exitcode=1, timestamp=5),
+    )
+    assert _cause({3: later, 2: first}) == (2, first)

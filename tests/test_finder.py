@@ -19,7 +19,7 @@ def fake_device(edge: int, calls: list):
         def __init__(self, b):
             self.memory = PeakMemory(b * 1000, None, "fake")
 
-    def probe(spec, timing, *, isolate, memory_budget):
+    def probe(spec, timing, *, isolate, memory_budget, nproc_per_node=None):
         calls.append((spec.batch_size, timing.warmup + timing.repeats))
         if spec.batch_size > edge:
             raise StepOutOfMemory(spec.label, "fake OOM")

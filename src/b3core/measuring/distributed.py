@@ -129,7 +129,7 @@ def launch(
         try:
             return elastic_launch(config, entrypoint)(*args)
         except ChildFailedError as exc:
-            rank, failure = exc.get_first_failure()
+            rank, failure = _cause(exc.failures)
             said = _last_line(Path(logs), failure.local_rank)
             raise RankFailed(rank, failure.exitcode, said) from None
         except Exception as exc:  # noqa: BLE001 - the rendezvous: a taken port, a bad endpoint
@@ -140,6 +140,13 @@ def launch(
                 f"the ranks could not meet at {where}: {type(cause).__name__}: "
                 f"{detail[0][:200] if detail else ''}"
             ) from exc
+
+
+def _cause(failures: dict) -> tuple:
+    """The rank that ended the run: one that exited by itself (a positive exit code) before one
+    that was aborted or killed (a peer whose collective broke when that rank left), earliest
+    first."""
+    return min(failures.items(), key=lambda item: (item[1].exitcode <= 0, item[1].timestamp))
 
 
 def _last_line(logs: Path, local_rank: int) -> str:
