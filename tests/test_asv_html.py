@@ -231,10 +231,14 @@ def test_a_page_that_loads_an_unknown_external_file_fails_loudly(tmp_path):
     (site / "index.html").write_text(
         '<script src="https://code.jquery.com/jquery-3.3.1.min.js" integrity="sha256-x"></script>'
         '<script src="https://cdn.example.org/new-dependency.js"></script>'
+        "<link rel='stylesheet' href='//cdn.example.org/new.css'>"
         '<a href="https://github.com/airspeed-velocity/asv/">asv</a>'
     )
-    with pytest.raises(asv_publish.B3Error, match=r"index.html: https://cdn.example.org/new-dep"):
+    with pytest.raises(asv_publish.B3Error) as caught:
         asv_publish.make_self_contained(site)
+    assert "index.html: https://cdn.example.org/new-dependency.js" in str(caught.value)
+    assert "index.html: //cdn.example.org/new.css" in str(caught.value)
+    assert "github.com" not in str(caught.value)  # a link is not a resource
 
 
 def test_a_known_reference_is_rewritten_and_pinned_to_the_file_served(tmp_path):

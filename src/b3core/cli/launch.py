@@ -10,7 +10,6 @@ engine stops the other ranks, and collectives time out rather than hang.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from b3core.cli.options import non_negative_int, positive_int
@@ -34,7 +33,9 @@ def add_launch_options(p: argparse.ArgumentParser) -> None:
 
 def wanted(args: argparse.Namespace) -> bool:
     """Launch ranks: asked for, and not already one of torchrun's ranks."""
-    return args.nproc_per_node is not None and "LOCAL_RANK" not in os.environ
+    from b3core.measuring.distributed import launched
+
+    return args.nproc_per_node is not None and not launched()
 
 
 def run_ranks(args: argparse.Namespace, argv: list[str]) -> int:

@@ -29,7 +29,7 @@ MANIFEST = ASSETS / "assets.json"
 SITE_FOLDER = "b3-assets"  # where, inside the published site, the shipped files go
 # a tag that makes the browser fetch something: scripts, stylesheets, images
 RESOURCE_TAG = re.compile(r"<(?:script|link|img)\b[^>]*>", re.IGNORECASE)
-EXTERNAL_URL = re.compile(r'\b(?:src|href)="((?:https?:)?//[^"]+)"', re.IGNORECASE)
+EXTERNAL_URL = re.compile(r"""\b(?:src|href)=["']((?:https?:)?//[^"']+)["']""", re.IGNORECASE)
 INTEGRITY = re.compile(r'\bintegrity="(sha256|sha384|sha512)-[^"]*"', re.IGNORECASE)
 
 

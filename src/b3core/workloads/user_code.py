@@ -56,6 +56,19 @@ def declared_parameters(fn: Callable) -> set[str] | None:
     return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+def required_parameters(fn: Callable) -> list[str]:
+    """The keyword-passable parameters `fn` cannot do without (no default)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [
+        p.name
+        for p in parameters
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+
+
 def call_with_declared(fn: Callable, available: dict, to_any: tuple[str, ...] = ()) -> object:
     """fn(**the available arguments that fn declares), so a factory may ask for only some; a
     function that takes **kwargs gets those named in `to_any`."""

@@ -10,13 +10,12 @@ step does not take `autocast`, b3 runs the whole step under its autocast for fp1
 from __future__ import annotations
 
 import contextlib
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from b3core.errors import B3Error
 from b3core.spec.step import StepSpec
 from b3core.workloads.training import Batch, LossFn, Trainer
-from b3core.workloads.user_code import declared_parameters, load_callable
+from b3core.workloads.user_code import declared_parameters, load_callable, required_parameters
 
 STEP_ARGUMENTS = (
     "model",
@@ -35,23 +34,11 @@ def load_loss(path: str) -> LossFn:
     return load_callable(path, "--loss")
 
 
-def _required(fn: Callable) -> list[str]:
-    try:
-        parameters = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return []
-    return [
-        p.name
-        for p in parameters
-        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
-
-
 def bind_custom_step(trainer: Trainer, spec: StepSpec) -> None:
     """Make the user's step the trainer's training step, or say in one line why it cannot be."""
     fn = load_callable(spec.train_step, "--train-step")
     what = f"--train-step {spec.train_step}"
-    unknown = [name for name in _required(fn) if name not in STEP_ARGUMENTS]
+    unknown = [name for name in required_parameters(fn) if name not in STEP_ARGUMENTS]
     if unknown:
         raise B3Error(
             f"{what} takes {', '.join(unknown)}, which b3 does not supply; name its "
