@@ -14,6 +14,7 @@ import torch
 
 from b3core.measuring.result import DistributedInfo
 from b3core.workloads.training import train_step
+from tests.cli_helpers import b3
 
 HERE = Path(__file__).parent
 
@@ -25,19 +26,6 @@ def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
-
-
-def b3(*args: str, pythonpath: Path | None = None, timeout: float = 300):
-    env = {**os.environ}
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "b3core.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 @pytest.fixture(scope="module")

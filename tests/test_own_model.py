@@ -20,6 +20,7 @@ from b3core.spec.step import StepSpec, Timing
 from b3core.workloads import model_sources
 from b3core.workloads.build import build_workload
 from b3core.workloads.models import create_model, get_model_spec, list_models
+from tests.cli_helpers import b3
 
 CPU = torch.device("cpu")
 QUICK = Timing(repeats=2, block_steps=1)
@@ -274,19 +275,6 @@ def test_unknown_timm_names_get_near_names_and_a_missing_timm_the_install_line(m
 
 
 # --- the command line --------------------------------------------------------------------------
-
-
-def b3(*args: str, pythonpath: Path | None = None, timeout: float = 300):
-    env = dict(os.environ)
-    if pythonpath is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "b3core.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
 
 
 def test_b3_step_times_an_import_path_model_from_the_path(tmp_path):
