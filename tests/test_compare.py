@@ -40,17 +40,22 @@ def worktrees(repo: Path) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("worktree ")]
 
 
-def workers_running(repo: Path) -> list[str]:
-    """Command lines of live worker processes of this repository's worktrees."""
+def _command_lines() -> list[str]:
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
         except OSError:
             continue
-        if "compare/worker.py" in cmdline and "b3-compare-" in cmdline:
-            found.append(cmdline)
     return found
+
+
+def workers_running(repo: Path) -> list[str]:
+    """Command lines of live worker processes (and their ranks) of this repository's
+    worktrees."""
+    return [
+        line for line in _command_lines() if "compare/worker.py" in line and "b3-compare-" in line
+    ]
 
 
 def commit_step_change(repo: Path, replacement: str, message: str) -> None:
@@ -136,6 +141,8 @@ def test_head_against_head_is_no_regression(repo, tmp_path):
         (["HEAD~1", "HEAD", "--base-python", "/no/such/python"], "no interpreter"),
         (["HEAD~1", "HEAD", "--threshold", "2"], "between 0 and 1"),
         ([], "give BASE and HEAD revisions"),
+        (["--saved", "a.json", "b.json", "--nproc-per-node", "2"], "no revisions, interpreters"),
+        (["HEAD~1", "HEAD", "--nproc-per-node", "0"], "--nproc-per-node"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(repo, args, fragment):
@@ -143,6 +150,105 @@ def test_bad_input_is_one_line_and_exit_2(repo, args, fragment):
     proc = b3_compare(repo, *args, *case, timeout=60)
     assert fragment in one_line_error(proc)
     assert len(worktrees(repo)) == 1
+
+
+def test_compare_under_torchrun_is_one_line(repo, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    proc = b3_compare(repo, "HEAD~1", "HEAD", *FAST, timeout=60)
+    assert "run it without torchrun" in one_line_error(proc)
+
+
+@pytest.mark.slow
+def test_each_side_can_be_a_world_of_data_parallel_ranks(tmp_path):
+    """--nproc-per-node 2: each side's worker launches 2 gloo ranks; a block is its slowest
+    rank's time, every rank's is kept, and a HEAD that sleeps 5 ms after each step is a
+    regression. (Not the proportional busy wait of `slowed_repository`: under DDP each rank's
+    step would include its peer's last wait, and the slowdown would compound.)"""
+    repo = slowed_repository(tmp_path / "repo", 0.1)
+    step = STEP_CALL.replace("return train_step(", "loss = train_step(")
+    commit_step_change(
+        repo, step + "        _time.sleep(0.005)\n        return loss\n", "head: +5 ms a step"
+    )
+    out = tmp_path / "compare.json"
+    proc = b3_compare(
+        repo,
+        "HEAD~2",
+        "HEAD",
+        *FAST,
+        "--nproc-per-node",
+        "2",
+        "--min-epochs",
+        "3",
+        "--alpha",
+        "0.2",
+        "--max-time",
+        "45",
+        "--json",
+        str(out),
+        timeout=240,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    record = json.loads(out.read_text())
+    assert record["verdict"] == "regression" and record["ratio"] > 1.5
+    for side in ("base", "head"):
+        assert record["sides"][side]["world_size"] == 2
+        assert record["sides"][side]["backend"] == "gloo"
+    for block in record["cases"][0]["blocks"]:
+        ranks = block["rank_times_s"]
+        assert len(ranks) == 2
+        assert block["times_s"] == [max(times) for times in zip(*ranks)]
+    assert "2 data-parallel ranks" in proc.stdout
+    assert len(worktrees(repo)) == 1 and not workers_running(repo)
+
+
+@pytest.mark.slow
+def test_a_rank_out_of_memory_is_named_and_no_rank_is_left(tmp_path):
+    repo = slowed_repository(tmp_path / "repo", 0.1)
+    commit_step_change(
+        repo,
+        '        if __import__("os").environ["RANK"] == "1":\n'
+        '            raise MemoryError("simulated: rank 1 does not fit")\n',
+        "head: rank 1 runs out of memory",
+    )
+    out = tmp_path / "compare.json"
+    proc = b3_compare(
+        repo, "HEAD~1", "HEAD", *FAST, "--nproc-per-node", "2", "--json", str(out), timeout=120
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    failure = json.loads(out.read_text())["cases"][0]["failure"]
+    assert failure.startswith("HEAD: out of memory (rank 1: ") and "does not fit" in failure
+    assert len(worktrees(repo)) == 1 and not workers_running(repo)
+
+
+def test_ranks_die_with_their_launcher():
+    """A side's ranks lead sessions of their own; killing their launcher outright (as the
+    parent does to a hung worker) still ends them."""
+    from b3core.studies.compare.workers import WORKER_FILE
+
+    def ranks() -> int:
+        return sum(1 for line in _command_lines() if "--rank-of" in line and "b3-test-" in line)
+
+    launcher = subprocess.Popen(
+        [sys.executable, str(WORKER_FILE), "b3-test-ranks", "--nproc-per-node", "2"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        launcher.stdin.write(json.dumps({"op": "hello"}) + "\n")
+        launcher.stdin.flush()
+        assert json.loads(launcher.stdout.readline())["world_size"] == 2
+        assert ranks() == 2
+    finally:
+        launcher.kill()
+        launcher.wait()
+    deadline = time.monotonic() + 10
+    while ranks() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ranks() == 0
 
 
 def test_a_dirty_tree_cannot_be_worktree(repo):

@@ -13,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+from b3core.cli.launch import add_launch_options
 from b3core.cli.options import add_fields_as_options, spec_from_args, write_json
 from b3core.errors import B3Error
 from b3core.spec.step import PROFILES, StepSpec, Timing
@@ -44,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_fields_as_options(p, StepSpec, defaults=dict.fromkeys(PROFILE_AXES))
     add_fields_as_options(p, Timing, skip=("repeats", "block_steps"))
     add_fields_as_options(p, CompareSettings)
+    add_launch_options(p, nodes=False)  # the parent talks to both sides: one machine
     p.add_argument(
         "--fail-on-inconclusive", action="store_true", help="exit 1, not 3, when undecided"
     )
@@ -109,6 +111,18 @@ def _sides(args: argparse.Namespace):
     ]
 
 
+def _world(args: argparse.Namespace):
+    """Each side as a world of --nproc-per-node ranks, launched by its own worker."""
+    from b3core.measuring.distributed import launched
+    from b3core.studies.compare.workers import World
+
+    if launched():
+        raise B3Error("b3 compare launches each side's ranks itself: run it without torchrun")
+    if args.nproc_per_node is None:
+        return None
+    return World(args.nproc_per_node, args.device)
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: workers ended, worktrees removed
 
@@ -126,7 +140,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from b3core.reports.compare_report import comparison_table, notes, plot_blocks
     from b3core.studies.compare.session import compare
 
-    sides, cases = _sides(args), _cases(args)
+    sides, cases, world = _sides(args), _cases(args), _world(args)
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
     def started(case) -> None:
@@ -139,7 +153,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    comparison = compare(sides, cases, settings, on_start=started)
+    comparison = compare(sides, cases, settings, world=world, on_start=started)
     lines = [comparison_table(comparison), *notes(comparison), f"verdict: {comparison.verdict}"]
     print("\n".join(lines))
     _write_outputs(
@@ -161,8 +175,8 @@ def _compare_saved(args: argparse.Namespace, settings) -> int:
     from b3core.studies.compare.saved import compare_saved
     from b3core.studies.compare.verdict import exit_code
 
-    if args.base or args.head or args.base_python or args.head_python:
-        raise B3Error("--saved compares two files; give no revisions or interpreters with it")
+    if args.base or args.head or args.base_python or args.head_python or args.nproc_per_node:
+        raise B3Error("--saved compares two files; give no revisions, interpreters or ranks")
     base, head = (load_benchmark_json(path) for path in args.saved)
     saved = compare_saved(base, head, threshold=settings.threshold, alpha=settings.alpha)
     if not saved.cases:

@@ -15,13 +15,16 @@ import sys
 from b3core.cli.options import non_negative_int, positive_int
 
 
-def add_launch_options(p: argparse.ArgumentParser) -> None:
+def add_launch_options(p: argparse.ArgumentParser, *, nodes: bool = True) -> None:
+    """--nproc-per-node, and with `nodes` the options of a world across machines."""
     group = p.add_argument_group("data parallel (DDP through torchrun; gloo on CPU, nccl on CUDA)")
     group.add_argument(
         "--nproc-per-node",
         type=positive_int,
         help="ranks on this machine; --batch-size stays the per-rank micro-batch",
     )
+    if not nodes:
+        return
     group.add_argument("--nnodes", type=positive_int, default=1, help="machines (default 1)")
     group.add_argument("--node-rank", type=non_negative_int, default=0, help="this machine's")
     group.add_argument(

@@ -198,12 +198,10 @@ def measure(
         if rank is not None:
             k = max(distributed.gather(k))  # every rank runs the same steps per block
         skipped = ready.skipped_updates
-        times = [_block(ready, k, rank) for _ in range(timing.repeats)]
-        rank_times = comm_share = None
-        if rank is not None:
-            rank_times = tuple(tuple(t) for t in distributed.gather(times))
-            times = [max(sample) for sample in zip(*rank_times)]  # the slowest rank's
-            comm_share = _comm_share(ready, k) if spec.mode == "train" else None
+        times, rank_times = timed_blocks(ready, k, timing.repeats)
+        comm_share = None
+        if rank is not None and spec.mode == "train":
+            comm_share = _comm_share(ready, k)
         samples = spec.samples_per_step * (rank.world_size if rank else 1)
         measured = Measurement(tuple(times), samples, k, timing.clock)
         return measured, ready.skipped_updates - skipped, rank_times, comm_share
@@ -229,11 +227,19 @@ def measure(
     return dataclasses.replace(result, memory=memory)
 
 
-def _block(ready: ReadyStep, k: int, rank: distributed.Rank | None) -> float:
-    """One timed block; under DDP every rank starts it together (barrier outside the clock)."""
-    if rank is not None:
+def timed_blocks(ready: ReadyStep, k: int, count: int) -> tuple[list[float], tuple | None]:
+    """`count` timed blocks of k steps each. Under DDP every rank starts each block together
+    (a barrier, outside the clock) and a block's time is its slowest rank's; every rank's times
+    come back too (None outside DDP). Every rank must call this alike."""
+    rank = distributed.current()
+    if rank is None:
+        return [time_block(ready.call, ready.device, k) for _ in range(count)], None
+    times = []
+    for _ in range(count):
         torch.distributed.barrier()
-    return time_block(ready.call, ready.device, k)
+        times.append(time_block(ready.call, ready.device, k))
+    rank_times = tuple(tuple(t) for t in distributed.gather(times))
+    return [max(sample) for sample in zip(*rank_times)], rank_times
 
 
 COMM_PAIRS = 5

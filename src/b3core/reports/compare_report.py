@@ -60,6 +60,13 @@ def notes(comparison: Comparison) -> list[str]:
         f"bound below {1 + s.threshold:.3g}; each decided at alpha {s.alpha:g} shared by all "
         "looks and cases"
     ]
+    worlds = {side: record.get("world_size") for side, record in comparison.sides.items()}
+    if any(worlds.values()):
+        backend = next(r.get("backend") for r in comparison.sides.values() if r.get("backend"))
+        lines.append(
+            f"each side ran as {max(filter(None, worlds.values()))} data-parallel ranks "
+            f"({backend}): a block's time is its slowest rank's (every rank's in --json)"
+        )
     for case in comparison.cases:
         if case.verdict == INCONCLUSIVE and case.estimate and case.estimate.detectable:
             lines.append(

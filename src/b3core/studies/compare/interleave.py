@@ -84,7 +84,9 @@ def _run_epoch(
         for side in next(orders):
             started = time.monotonic() - began
             answer = workers[side].ask("block", **block)
-            out.blocks.append(Block(side, pair, epoch, started, tuple(answer["times"])))
+            ranks = answer.get("rank_times")
+            ranks = tuple(map(tuple, ranks)) if ranks else None
+            out.blocks.append(Block(side, pair, epoch, started, tuple(answer["times"]), ranks))
             out.skipped_updates[side] += answer["skipped_updates"]
         out.elapsed_s = time.monotonic() - began
         epoch_done = time.monotonic() - epoch_began >= settings.epoch_s

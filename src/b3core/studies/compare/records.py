@@ -36,20 +36,24 @@ class Block:
     pair: int
     epoch: int  # which pair of worker processes ran it
     started_s: float  # since the case began
-    times: tuple[float, ...]
+    times: tuple[float, ...]  # under DDP each the slowest rank's
+    rank_times: tuple[tuple[float, ...], ...] | None = None  # every rank's, under DDP
 
     @property
     def median(self) -> float:
         return statistics.median(self.times)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "side": self.side,
             "pair": self.pair,
             "epoch": self.epoch,
             "started_s": self.started_s,
             "times_s": list(self.times),
         }
+        if self.rank_times is not None:
+            out["rank_times_s"] = [list(times) for times in self.rank_times]
+        return out
 
 
 @dataclass

@@ -18,7 +18,7 @@ from b3core.studies.compare.sides import (
     repository_root,
     signals_deferred,
 )
-from b3core.studies.compare.workers import EXIT_GRACE_S, WorkerProcess, close_all
+from b3core.studies.compare.workers import EXIT_GRACE_S, WorkerProcess, World, close_all
 
 
 def compare(
@@ -26,9 +26,11 @@ def compare(
     cases: list[StepSpec],
     settings: CompareSettings,
     *,
+    world: World | None = None,
     on_start: Callable[[CaseComparison], None] | None = None,
 ) -> Comparison:
-    """Every case, interleaved. A side that cannot run a case (bad input, a dead worker) marks
+    """Every case, interleaved; each side a world of ranks, given one. A side that cannot run
+    a case (bad input, a dead worker) marks
     that case not compared and the run goes on; when no case could be compared at all, the
     first such error is raised, as one line."""
     result = Comparison(settings)
@@ -42,7 +44,7 @@ def compare(
             before this returns, so their memory is free."""
             retiring, fresh = list(live), []
             for side in sides:  # until closed, every worker stays in `live`, whatever happens
-                fresh.append(WorkerProcess(side))
+                fresh.append(WorkerProcess(side, world))
                 live.append(fresh[-1])
             close_all(retiring)
             for worker in retiring:

@@ -11,6 +11,13 @@ Requests: hello; prepare {spec, warmup, seed}; block {calls, steps}; release; ex
 A failure answers {"error": KIND, "message": ONE LINE}. KIND is out_of_memory (the case does
 not fit this side), bad_input (the side rejects the case: an unknown model, say), import (the
 side's code lacks what is needed) or error (anything else).
+
+With `--nproc-per-node N` the side is a data-parallel world: this process launches N ranks
+through the side's own torchrun engine (b3core's `launch`) and only watches them. The ranks
+inherit its stdin and stdout; rank 0 reads each request and passes it to the others (over a
+gloo group of their own), every rank runs it (a block is then its slowest rank's time), and
+rank 0 answers. A rank that fails exits, after writing its failure to stderr; the engine stops
+the others, and this process answers the request with that failure, naming the rank, and ends.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ import traceback
 
 
 class Worker:
-    def __init__(self) -> None:
+    def __init__(self, world: dict | None = None) -> None:
         self.ready = None
+        self.world = world or {}  # a rank's world_size and backend; empty outside DDP
 
     def hello(self) -> dict:
         import b3core
@@ -36,6 +44,7 @@ class Worker:
             "python": sys.executable,
             "python_version": sys.version.split()[0],
             "machine": machine_record(),
+            **self.world,
         }
 
     def prepare(self, spec: dict, warmup: int, seed: int) -> dict:
@@ -47,6 +56,7 @@ class Worker:
         ready = prepare(step, warmup=warmup, seed=seed)
         self.ready = ready
         return {
+            **self.world,
             "step_s": ready.last_warmup_step_s,
             "warmup": ready.warmup.to_dict(),
             "device": str(ready.device),
@@ -55,12 +65,20 @@ class Worker:
         }
 
     def block(self, calls: int, steps: int) -> dict:
-        from b3core.measuring.clocks import time_block
-
         ready = self.ready
         skipped = ready.skipped_updates
-        times = [time_block(ready.call, ready.device, steps) / steps for _ in range(calls)]
-        return {"times": times, "skipped_updates": ready.skipped_updates - skipped}
+        if self.world:
+            from b3core.measuring.runner import timed_blocks
+
+            times, rank_times = timed_blocks(ready, steps, calls)
+            extra = {"rank_times": [[t / steps for t in rank] for rank in rank_times]}
+        else:  # every b3core a side may hold has this
+            from b3core.measuring.clocks import time_block
+
+            times = [time_block(ready.call, ready.device, steps) for _ in range(calls)]
+            extra = {}
+        skipped = ready.skipped_updates - skipped
+        return {"times": [t / steps for t in times], "skipped_updates": skipped, **extra}
 
     def release(self) -> dict:
         if self.ready is None:
@@ -106,35 +124,142 @@ def _failure(exc: BaseException) -> dict:
     return {"error": kind, "message": f"{type(exc).__name__}: {text[0] if text else ''}"}
 
 
-def serve() -> int:
+def _answer(worker: Worker, request: dict) -> tuple[dict, BaseException | None]:
+    op = request.pop("op")
+    try:
+        return getattr(worker, op)(**request), None
+    except Exception as exc:  # noqa: BLE001 - every failure is answered
+        traceback.print_exc()
+        return _failure(exc), exc
+
+
+def _own_protocol():
+    """The original stdout, for answers only; from here on the process's prints (the side's
+    included) go to stderr."""
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # from here on, stdout (the side's prints included) goes to stderr
+    os.dup2(2, 1)
     sys.stdout = sys.stderr
-    worker = Worker()
+    return protocol
+
+
+def _import_runner() -> None:
     try:  # import torch and the side's runner now, while the other side's worker does too
         import b3core.measuring.runner  # noqa: F401
     except Exception:  # noqa: BLE001 - the first request that needs it answers the failure
         pass
+
+
+def serve() -> int:
+    """One process: answer requests until `exit` or the end of stdin; the worker outlives a
+    failed request."""
+    protocol = _own_protocol()
+    worker = Worker()
+    _import_runner()
     for line in sys.stdin:
         request = json.loads(line)
-        op = request.pop("op")
-        if op == "exit":
+        if request["op"] == "exit":
             break
-        out_of_memory = False
-        try:
-            reply = json.dumps(getattr(worker, op)(**request), default=str)
-        except Exception as exc:  # noqa: BLE001 - every failure is answered, and the worker lives
-            traceback.print_exc()
-            failure = _failure(exc)
-            reply, out_of_memory = json.dumps(failure), failure["error"] == "out_of_memory"
-        if out_of_memory:
+        reply, failed = _answer(worker, request)
+        if failed is not None and reply["error"] == "out_of_memory":
             worker.release()  # out here the traceback, and the tensors its frames held, are gone
-        protocol.write(reply + "\n")
+        protocol.write(json.dumps(reply, default=str) + "\n")
     return 0
+
+
+def launch_ranks(code_dir: str, nproc_per_node: int, device: str) -> int:
+    """Run this file as a world of ranks through the side's torchrun engine; answer the request
+    during which a rank failed with that rank's failure."""
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)  # the ranks inherit fd 1: left as it is
+    sys.stdout = sys.stderr
+    from b3core.measuring.distributed import RankFailed, launch
+
+    args = (__file__, code_dir, "--rank-of", str(nproc_per_node), "--device", device)
+    try:
+        launch(sys.executable, args, nproc_per_node=nproc_per_node)
+    except RankFailed as exc:
+        try:
+            failure = json.loads(exc.said)
+        except json.JSONDecodeError:
+            failure = {"error": "error", "message": f"exit {exc.exitcode}: {exc.said}"}
+        failure["message"] = f"rank {exc.rank}: {failure.get('message', '')}"
+        protocol.write(json.dumps(failure) + "\n")
+        return 1
+    return 0
+
+
+def serve_rank(device: str) -> int:
+    """One rank: rank 0 reads each request and passes it on; every rank runs it; rank 0
+    answers. A failure ends the rank (its peers may be inside a collective that it will never
+    join): its last line of stderr is the failure, for the launcher to answer with."""
+    _die_with_parent()
+    import torch.distributed as dist
+
+    from b3core.measuring.distributed import process_group
+    from b3core.workloads.devices import rank_device, resolve_device
+
+    first = int(os.environ["RANK"]) == 0
+    protocol = _own_protocol() if first else None
+    _import_runner()
+    try:
+        group = process_group(rank_device(resolve_device(device)))
+        rank = group.__enter__()
+    except Exception as exc:  # noqa: BLE001 - answered by the launcher
+        return _end_rank(exc)
+    worker = Worker({"world_size": rank.world_size, "backend": rank.backend})
+    control = dist.new_group(backend="gloo")  # requests are host objects, on any device
+    while True:
+        request = [json.loads(sys.stdin.readline() or '{"op": "exit"}') if first else None]
+        dist.broadcast_object_list(request, src=0, group=control)
+        if request[0]["op"] == "exit":
+            break
+        reply, failed = _answer(worker, request[0])
+        if failed is not None:
+            return _end_rank(failed)
+        if first:
+            protocol.write(json.dumps(reply, default=str) + "\n")
+    group.__exit__(None, None, None)
+    return 0
+
+
+def _end_rank(exc: BaseException) -> int:
+    from b3core.measuring.distributed import OUT_OF_MEMORY_EXIT
+
+    failure = _failure(exc)
+    print(json.dumps(failure), file=sys.stderr, flush=True)
+    os._exit(OUT_OF_MEMORY_EXIT if failure["error"] == "out_of_memory" else 1)
+
+
+def _die_with_parent() -> None:
+    """A rank dies with its launcher, even one killed outright (the ranks lead sessions of
+    their own, out of reach of a kill of the launcher's group). Linux only; elsewhere the
+    collectives' timeout ends them."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("code_dir")  # unused: it names the side in a process list
+    parser.add_argument("--nproc-per-node", type=int)
+    parser.add_argument("--rank-of", type=int)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    if args.rank_of:
+        return serve_rank(args.device)
+    if args.nproc_per_node:
+        return launch_ranks(args.code_dir, args.nproc_per_node, args.device)
+    return serve()
 
 
 if __name__ == "__main__":
     # this file's folder (the parent's b3core) is first on the path: the side's code must win
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
         sys.path.pop(0)
-    sys.exit(serve())
+    sys.exit(main(sys.argv[1:]))

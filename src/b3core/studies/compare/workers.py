@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from b3core.errors import B3Error
@@ -33,13 +34,25 @@ class CaseFailed(Exception):
         self.side, self.message = side, message
 
 
-class WorkerProcess:
-    """One side's worker. Started in its own session, so that Ctrl-C reaches only the parent,
-    which then ends the workers itself. Its command line names the side's code (unused by the
-    worker; it tells the workers of a comparison apart in a process list)."""
+@dataclass(frozen=True)
+class World:
+    """A side run data-parallel: `nproc_per_node` ranks on `device` (its name, as in a spec)."""
 
-    def __init__(self, side: Side):
+    nproc_per_node: int
+    device: str
+
+
+class WorkerProcess:
+    """One side's worker (a world of ranks, given a World). Started in its own session, so
+    that Ctrl-C reaches only the parent, which then ends the workers itself. Its command line
+    names the side's code (unused by the worker; it tells the workers of a comparison apart in
+    a process list)."""
+
+    def __init__(self, side: Side, world: World | None = None):
         self.side = side
+        ranks = []
+        if world is not None:
+            ranks = ["--nproc-per-node", str(world.nproc_per_node), "--device", world.device]
         self.stderr = tempfile.TemporaryFile()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
@@ -47,7 +60,7 @@ class WorkerProcess:
         )
         try:
             self.proc = subprocess.Popen(
-                [side.spec.python, str(WORKER_FILE), str(side.code_dir)],
+                [side.spec.python, str(WORKER_FILE), str(side.code_dir), *ranks],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self.stderr,
@@ -123,6 +136,11 @@ class WorkerProcess:
             except ProcessLookupError:
                 pass
             self.proc.wait()
+        if not self.proc.stdin.closed:
+            try:  # a rank left behind reads the end of its requests, and exits
+                self.proc.stdin.close()
+            except OSError:
+                pass
 
     def close(self, grace: float = EXIT_GRACE_S) -> None:
         """End the worker: ask it to exit, then kill it if it has not within `grace` seconds.
