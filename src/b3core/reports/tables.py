@@ -32,10 +32,10 @@ def _decimals_for(spread: float) -> int:
 
 def plus_minus(summary: Summary, scale: float = 1.0) -> str:
     """'mean ± SD' in plain decimals, rounded to the SD's precision."""
-    return _pm(summary.mean / scale, summary.sd / scale)
+    return mean_pm_sd(summary.mean / scale, summary.sd / scale)
 
 
-def _pm(mean: float, sd: float) -> str:
+def mean_pm_sd(mean: float, sd: float) -> str:
     decimals = _decimals_for(sd)
     if math.isnan(sd):
         return f"{mean:.{decimals}f}"
@@ -112,7 +112,7 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
             "accum": frame["accum"],
             "samples/step": frame["samples_per_step"],
             "step ms (mean ± SD)": [
-                _pm(mean, sd) for mean, sd in zip(frame["step_ms_mean"], frame["step_ms_sd"])
+                mean_pm_sd(mean, sd) for mean, sd in zip(frame["step_ms_mean"], frame["step_ms_sd"])
             ],
             "step ms (median)": frame["step_ms_median"].map(lambda v: f"{v:.4g}"),
             "samples/s (95% CI)": [

@@ -9,7 +9,6 @@ sweep loses nothing already measured, and `--resume` runs only the units still m
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from b3core.measuring.isolation import measure_maybe_isolated
 from b3core.measuring.result import StepResult
 from b3core.measuring.stats import Measurement
 from b3core.spec.step import StepSpec, Timing
+from b3core.studies import log_file
 from b3core.studies.memory_model import MemoryFit, fit_memory
 
 LOG_NAME = "sweep.jsonl"
@@ -130,12 +130,7 @@ class SweepLog:
                     f"options, or choose another --out"
                 )
             return cls(path, records)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        header = {"b3_sweep": LOG_FORMAT, "plan": plan.identity(), "machine": machine}
-        with path.open("w") as f:
-            f.write(json.dumps(header) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        log_file.create(path, {"b3_sweep": LOG_FORMAT, "plan": plan.identity(), "machine": machine})
         return cls(path, {})
 
     def append(self, unit: Unit, record: dict) -> None:
@@ -146,10 +141,7 @@ class SweepLog:
             **record,
         }
         if self.writer:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            log_file.append(self.path, record)
         self.records[unit.key] = record
 
 
@@ -163,17 +155,7 @@ def _with_current_defaults(identity: dict) -> dict:
 def read_log(path: str | Path) -> tuple[dict, dict[tuple, dict]]:
     """(header, records by unit key). A last line cut off by a kill mid-write is dropped; any
     other damage is a one-line B3Error."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise B3Error(f"no sweep log at {path}") from None
-    except UnicodeDecodeError:
-        raise B3Error(f"sweep log {path} is corrupt: not text") from None
-    lines = text.split("\n")
-    if lines and lines[-1] != "":
-        lines = lines[:-1]  # unterminated: the write was interrupted
-    lines = [line for line in lines if line.strip()]
+    lines = log_file.read_lines(path, "sweep")
     try:
         header = json.loads(lines[0])
         if header.get("b3_sweep") == 1:

@@ -1,5 +1,5 @@
-"""Data for b3: synthetic samples of the model's input (B3's images by default) or CIFAR-10
-from disk.
+"""Data for b3: synthetic samples of the model's input (B3's images by default), CIFAR-10 or
+an image folder from disk, or scikit-learn's bundled digits (real images, offline everywhere).
 
 Nothing here downloads: a missing data folder is a clear error.
 """
@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, random_split
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    Subset,
+    TensorDataset,
+    random_split,
+)
 
 from b3core.errors import B3Error
 from b3core.workloads.models import ModelInput
@@ -45,7 +52,7 @@ class SyntheticSamples(Dataset):
 class Splits:
     train: Dataset
     val: Dataset
-    test: Dataset
+    test: Dataset | None = None
 
 
 def synthetic_splits(
@@ -104,6 +111,63 @@ def cifar10_splits(
     train_idx, val_idx = random_split(range(len(train_full)), fractions, generator=generator)
     train_indices = list(train_idx)[:train_size] if train_size else list(train_idx)
     return Splits(Subset(train_full, train_indices), Subset(val_full, list(val_idx)), test)
+
+
+DIGITS_SIZE = 8  # scikit-learn's digits: 1,797 8x8 images of 0-9, grey levels 0-16
+DIGITS_VAL_FRACTION = 0.2  # 1,437 train / 360 validation, stratified by class, split seed 0
+VAL_FRACTION = 0.2  # an image folder without train/ and val/ subfolders: its split
+
+
+def digits_splits(image_size: int | None = None) -> Splits:
+    """scikit-learn's bundled digits as images for b3's models: grey levels scaled to [0, 1],
+    repeated over 3 channels, resized (bilinear) to image_size when given; a fixed stratified
+    80/20 split (DIGITS_VAL_FRACTION), the same for every seed."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).div(16.0).unsqueeze(1)
+    images = images.expand(-1, 3, -1, -1)
+    if image_size and image_size != DIGITS_SIZE:
+        size = (image_size, image_size)
+        images = torch.nn.functional.interpolate(images, size, mode="bilinear")
+    labels = torch.tensor(digits.target, dtype=torch.int64)
+    train, val = train_test_split(
+        np.arange(len(labels)),
+        test_size=DIGITS_VAL_FRACTION,
+        stratify=digits.target,
+        random_state=0,
+    )
+    return Splits(
+        TensorDataset(images[train].contiguous(), labels[train]),
+        TensorDataset(images[val].contiguous(), labels[val]),
+    )
+
+
+def image_folder_splits(data_dir: str | Path, image_size: int) -> Splits:
+    """A torchvision ImageFolder (one subfolder per class): DIR/train and DIR/val when both
+    exist, else DIR split VAL_FRACTION for validation with seed 0. Resized and center-cropped
+    to image_size."""
+    from torchvision import datasets, transforms
+
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise B3Error(f"data folder {str(root)!r} does not exist (b3 never downloads data)")
+    tf = transforms.Compose(
+        [transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor()]
+    )
+    try:
+        if (root / "train").is_dir() and (root / "val").is_dir():
+            return Splits(
+                datasets.ImageFolder(root / "train", tf), datasets.ImageFolder(root / "val", tf)
+            )
+        full = datasets.ImageFolder(root, tf)
+    except (FileNotFoundError, RuntimeError) as exc:  # no class folders, or no images in them
+        raise B3Error(f"no images in ImageFolder's layout under {str(root)!r}: {exc}") from None
+    generator = torch.Generator().manual_seed(0)
+    train, val = random_split(full, [1 - VAL_FRACTION, VAL_FRACTION], generator=generator)
+    return Splits(train, val)
 
 
 def make_loader(

@@ -294,6 +294,24 @@ def simple_cnn(num_classes: int, image_size: int) -> nn.Module:
     )
 
 
+@register_model(image_size=32)
+def small_bn_cnn(num_classes: int, image_size: int) -> nn.Module:
+    """Two conv-BatchNorm-ReLU blocks, global average pooling and a linear head: a small CNN
+    with BatchNorm (for Ghost BatchNorm) that trains on any image of 8x8 and up (b3 converge)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 32, kernel_size=3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, kernel_size=3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, num_classes),
+    )
+
+
 @register_model(image_size=256)
 def tanh_cnn(num_classes: int, image_size: int) -> nn.Module:
     """The 2019 blog's CNN for 256x256x3: a conv, four (conv, BN, tanh, max-pool) blocks, 3 FC."""

@@ -52,13 +52,16 @@ def train_step(
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     scaler: torch.amp.GradScaler | None = None,
     no_sync: Callable[[], ContextManager] | None = None,
+    after_backward: Callable[[int, float], None] | None = None,
 ) -> torch.Tensor:
     """One optimizer update over an accumulation window of micro-batches.
 
     Each micro-batch's mean loss is weighted by its share of the window's samples, so that the
     update equals one step on the concatenated batch even when micro-batches differ in size.
     `no_sync` (a DDP model's) skips the gradient all-reduce on every micro-batch but the last.
-    Returns the window's mean loss as a device tensor, so that no host sync happens here.
+    `after_backward(i, weight)` runs after micro-batch i's backward (weight: its share), before
+    the optimizer step: the gradient noise scale's probe. Returns the window's mean loss as a
+    device tensor, so that no host sync happens here.
     """
     window_samples = sum(len(targets) for _, targets in micro_batches)
     last = len(micro_batches) - 1
@@ -66,11 +69,14 @@ def train_step(
     for i, (inputs, targets) in enumerate(micro_batches):
         sync_context = no_sync() if (no_sync is not None and i < last) else contextlib.nullcontext()
         with sync_context:
+            weight = len(targets) / window_samples
             with autocast():
                 loss = loss_fn(model(inputs), targets)
                 if last:  # a window of one needs no weighting
-                    loss = loss * (len(targets) / window_samples)
+                    loss = loss * weight
             (scaler.scale(loss) if scaler is not None else loss).backward()
+        if after_backward is not None:
+            after_backward(i, weight)
         total_loss = loss.detach() if total_loss is None else total_loss + loss.detach()
     if scaler is not None:
         scaler.unscale_(optimizer)  # once, just before the step (gradient clipping would go here)
@@ -109,6 +115,7 @@ class Trainer:
     memory_format: torch.memory_format
     loss_fn: LossFn = nn.functional.cross_entropy
     no_sync: Callable[[], ContextManager] | None = None  # a DDP model's: skip the all-reduce
+    after_backward: Callable[[int, float], None] | None = None  # train_step's probe hook
     custom_step: Callable[[Sequence[Batch]], object] | None = None
     counts_updates: bool = True
     attempted_updates: int = 0
@@ -139,6 +146,7 @@ class Trainer:
             autocast=self.autocast,
             scaler=self.scaler,
             no_sync=self.no_sync,
+            after_backward=self.after_backward,
         )
 
     def infer(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ STEP_CALL = """        return train_step(
             autocast=self.autocast,
             scaler=self.scaler,
             no_sync=self.no_sync,
+            after_backward=self.after_backward,
         )
 """
 SLOWED_STEP_CALL = (

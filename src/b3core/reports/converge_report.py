@@ -1,0 +1,154 @@
+"""A convergence study's table and plots, from its runs' records.
+
+Per batch size: how many seeds reached the target (a run that did not is counted, not
+dropped), steps, epochs, samples and seconds to target as mean ± SD over the seeds that
+reached it, best and final validation accuracy and the generalization gap over all
+non-diverged seeds, and the gradient noise scale where it was measured.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from b3core.reports.tables import mean_pm_sd  # noqa: E402
+
+TO_TARGET = ("steps_to_target", "epochs_to_target", "samples_to_target", "seconds_to_target")
+ACCURACY = ("best_val_accuracy", "final_val_accuracy", "generalization_gap")
+
+
+def runs_frame(runs: list[dict]) -> pd.DataFrame:
+    """One row per (batch, seed) run, without its curve."""
+    rows = [{k: v for k, v in run.items() if k != "curve"} for run in runs]
+    return pd.DataFrame(rows).sort_values(["batch_size", "seed"]).reset_index(drop=True)
+
+
+def summary_frame(runs: list[dict]) -> pd.DataFrame:
+    """One row per batch size: means and SDs (ddof 1) as numbers, for CSV and JSON."""
+    frame = runs_frame(runs)
+    rows = []
+    for batch, group in frame.groupby("batch_size"):
+        reached = group[group["reached"]]
+        finished = group[~group["diverged"]]
+        row = {
+            "batch_size": int(batch),
+            "seeds": len(group),
+            "reached": int(group["reached"].sum()),
+            "reached_fraction": float(group["reached"].mean()),
+            "diverged": int(group["diverged"].sum()),
+            "peak_lr": float(group["peak_lr"].iloc[0]),
+            "updates": float(group["updates"].mean()),
+        }
+        for column in TO_TARGET:
+            row.update(_mean_sd(column, reached[column]))
+        for column in ACCURACY:
+            row.update(_mean_sd(column, finished[column]))
+        scales = group["noise_scale"].dropna()
+        row.update(_mean_sd("noise_scale", scales))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _mean_sd(name: str, values: pd.Series) -> dict:
+    values = values.dropna().astype(float)
+    mean = float(values.mean()) if len(values) else math.nan
+    sd = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+    return {name: mean, f"{name}_sd": sd}
+
+
+def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """The table as printed: mean ± SD, reached as k/n."""
+
+    def pm(row, name, scale=1.0):
+        mean, sd = row[name], row[f"{name}_sd"]
+        return "-" if math.isnan(mean) else mean_pm_sd(mean * scale, sd * scale)
+
+    rows = []
+    for _, row in summary.iterrows():
+        rows.append(
+            {
+                "batch": int(row["batch_size"]),
+                "lr": f"{row['peak_lr']:.3g}",
+                "reached": f"{int(row['reached'])}/{int(row['seeds'])}"
+                + (f" ({int(row['diverged'])} diverged)" if row["diverged"] else ""),
+                "steps to target": pm(row, "steps_to_target"),
+                "epochs": pm(row, "epochs_to_target"),
+                "samples": pm(row, "samples_to_target"),
+                "seconds": pm(row, "seconds_to_target"),
+                "best val acc": pm(row, "best_val_accuracy"),
+                "final val acc": pm(row, "final_val_accuracy"),
+                "train - val": pm(row, "generalization_gap"),
+                "noise scale": pm(row, "noise_scale"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def knee(summary: pd.DataFrame) -> int | None:
+    """The largest batch whose steps to target are still within 2x of perfect scaling from
+    the smallest batch (Shallue et al.'s end of the perfect-scaling regime, roughly)."""
+    rows = summary.dropna(subset=["steps_to_target"]).sort_values("batch_size")
+    if rows.empty:
+        return None
+    b0, s0 = rows.iloc[0]["batch_size"], rows.iloc[0]["steps_to_target"]
+    within = rows[rows["steps_to_target"] <= 2 * s0 * b0 / rows["batch_size"]]
+    return int(within["batch_size"].max())
+
+
+def plot_study(
+    runs: list[dict], summary: pd.DataFrame, target: float, path: Path, title: str
+) -> Path:
+    """Steps to target against batch (log-log, with perfect scaling and the noise scale);
+    validation accuracy against samples seen and against training seconds."""
+    fig, (steps_ax, samples_ax, time_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
+    reached = summary.dropna(subset=["steps_to_target"])
+    if not reached.empty:
+        steps_ax.errorbar(
+            reached["batch_size"],
+            reached["steps_to_target"],
+            yerr=reached["steps_to_target_sd"].fillna(0),
+            fmt="o-",
+            capsize=3,
+            label="measured (mean ± SD)",
+        )
+        b0, s0 = reached.iloc[0]["batch_size"], reached.iloc[0]["steps_to_target"]
+        batches = np.array(sorted(summary["batch_size"]))
+        steps_ax.plot(batches, s0 * b0 / batches, "--", color="grey", label="perfect scaling")
+    scale = summary["noise_scale"].dropna()
+    if len(scale):
+        steps_ax.axvline(float(scale.mean()), color="tab:red", ls=":", label="noise scale")
+    steps_ax.set_xscale("log", base=2)
+    steps_ax.set_yscale("log")
+    steps_ax.set_xlabel("batch size")
+    steps_ax.set_ylabel("steps to target")
+    steps_ax.legend(fontsize=8)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, batch in enumerate(sorted({run["batch_size"] for run in runs})):
+        color = colors[i % len(colors)]
+        for run in (r for r in runs if r["batch_size"] == batch):
+            curve = run["curve"]
+            label = f"batch {batch}" if run["seed"] == 0 else None
+            accuracy = [p["val_accuracy"] for p in curve]
+            width = 1.5 if run["seed"] == 0 else 0.6
+            samples_ax.plot([p["samples"] for p in curve], accuracy, color=color, lw=width)
+            time_ax.plot(
+                [p["seconds"] for p in curve], accuracy, color=color, lw=width, label=label
+            )
+    for ax, xlabel in ((samples_ax, "samples seen"), (time_ax, "training seconds")):
+        ax.axhline(target, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("validation accuracy")
+    samples_ax.set_xscale("log")
+    time_ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
