@@ -32,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="effective batch to reach with accumulation",
     )
+    p.add_argument(
+        "--converge",
+        metavar="DIR",
+        help="a `b3 converge --out` folder: the batch with the least predicted time to target "
+        "(its steps to target x the sweep's time per update)",
+    )
     p.add_argument("--json", metavar="PATH")
     p.set_defaults(func=cmd_advise)
 
@@ -69,9 +75,63 @@ def cmd_advise(args: argparse.Namespace) -> int:
     )
     table = pd.DataFrame(advice.rows(), columns=["question", "answer"])
     print(table.to_markdown(index=False))
+    payload = advice.to_dict()
+    if args.converge:
+        swept_model = header["plan"]["base"]["model"]
+        payload["time_to_target"] = _time_to_target(
+            args.converge, sweep, swept_model, advice.largest_safe
+        )
     if args.json:
-        write_json(args.json, advice.to_dict())
+        write_json(args.json, payload)
     return 0
+
+
+def _time_to_target(folder: str, sweep, swept_model: str, largest_safe: int | None) -> dict:
+    """Print and return the time-to-target advice from a convergence study and the sweep."""
+    import pandas as pd
+
+    from b3core.studies.converge import LOG_NAME, read_log
+    from b3core.studies.time_to_target import fastest, predict
+
+    header, runs = read_log(Path(folder) / LOG_NAME)
+    studied = header["study"]["step"]["model"]
+    if studied != swept_model:
+        raise B3Error(f"the study in {folder} trained {studied}, the sweep timed {swept_model}")
+    predictions = predict(list(runs.values()), sweep, largest_safe)
+    if not predictions:
+        raise B3Error(
+            f"no batch of the study in {folder} both reached its target and can be timed from "
+            "the sweep (each needs a swept size that equals or divides it)"
+        )
+    rows = [
+        {
+            "batch": p.batch_size,
+            "reached": f"{p.reached}/{p.runs}",
+            "steps to target": f"{p.steps_to_target:.0f}",
+            "update": f"{p.micro_batch} x {p.accumulation_steps}"
+            + ("" if p.measured else " (predicted)"),
+            "s per update": f"{p.step_s:.4g}",
+            "predicted s to target": f"{p.seconds:.3g}",
+        }
+        for p in predictions
+    ]
+    print()
+    print(pd.DataFrame(rows).to_markdown(index=False))
+    best = fastest(predictions)
+    if best is None:
+        print("no batch reached the target from every seed: none is advised")
+        return {"predictions": [p.to_dict() for p in predictions], "fastest": None}
+    how = (
+        f"micro-batch {best.micro_batch} x {best.accumulation_steps} accumulation steps"
+        if best.accumulation_steps > 1
+        else f"batch {best.micro_batch}"
+    )
+    print(
+        f"fastest to target: batch {best.batch_size} ({how}), predicted {best.seconds:.3g} s "
+        f"on the sweep's machine; lr {best.lr:.3g}, {best.warmup_updates} warm-up updates "
+        "(as the study trained it)"
+    )
+    return {"predictions": [p.to_dict() for p in predictions], "fastest": best.to_dict()}
 
 
 def read_find_max(path: str, swept: dict) -> int:
