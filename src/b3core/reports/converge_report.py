@@ -128,7 +128,8 @@ def plot_study(
     steps_ax.set_yscale("log")
     steps_ax.set_xlabel("batch size")
     steps_ax.set_ylabel("steps to target")
-    steps_ax.legend(fontsize=8)
+    if steps_ax.get_legend_handles_labels()[0]:
+        steps_ax.legend(fontsize=8)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, batch in enumerate(sorted({run["batch_size"] for run in runs})):
         color = colors[i % len(colors)]
@@ -145,8 +146,9 @@ def plot_study(
         ax.axhline(target, color="grey", ls="--", lw=0.8)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation accuracy")
-    samples_ax.set_xscale("log")
-    time_ax.legend(fontsize=8)
+    if any(run["curve"] for run in runs):  # every run may have diverged before its first look
+        samples_ax.set_xscale("log")
+        time_ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

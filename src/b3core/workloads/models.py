@@ -294,7 +294,7 @@ def simple_cnn(num_classes: int, image_size: int) -> nn.Module:
     )
 
 
-@register_model(image_size=32)
+@register_model(image_size=32, min_image_size=8, image_size_multiple=2)
 def small_bn_cnn(num_classes: int, image_size: int) -> nn.Module:
     """Two conv-BatchNorm-ReLU blocks, global average pooling and a linear head: a small CNN
     with BatchNorm (for Ghost BatchNorm) that trains on any image of 8x8 and up (b3 converge)."""
