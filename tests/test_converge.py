@@ -335,3 +335,24 @@ def test_advise_joins_steps_to_target_with_the_sweeps_time_per_update(tmp_path):
     )
     mismatch = b3("advise", "--sweep", str(other), "--converge", str(study))
     assert mismatch.returncode == 2 and "trained small_bn_cnn" in mismatch.stderr
+
+
+def test_a_run_that_missed_the_target_is_counted_not_dropped():
+    from b3core.reports.converge_report import display_frame, summary_frame
+
+    def run(seed, steps, final):
+        reached = steps is not None
+        return {
+            "batch_size": 32, "seed": seed, "reached": reached, "diverged": False,
+            "peak_lr": 0.1, "updates": 100, "steps_to_target": steps,
+            "epochs_to_target": steps and steps / 10, "samples_to_target": steps and steps * 32,
+            "seconds_to_target": steps and steps / 100, "best_val_accuracy": final,
+            "final_val_accuracy": final, "generalization_gap": 0.01, "noise_scale": None,
+        }  # fmt: skip
+
+    summary = summary_frame([run(0, 40, 0.95), run(1, 60, 0.93), run(2, None, 0.7)])
+    row = summary.iloc[0]
+    assert (row["seeds"], row["reached"], row["reached_fraction"]) == (3, 2, pytest.approx(2 / 3))
+    assert row["steps_to_target"] == 50 and row["steps_to_target_sd"] == pytest.approx(14.142, 1e-3)
+    assert row["final_val_accuracy"] == pytest.approx((0.95 + 0.93 + 0.7) / 3)
+    assert display_frame(summary).iloc[0]["reached"] == "2/3"
