@@ -356,3 +356,26 @@ def test_a_run_that_missed_the_target_is_counted_not_dropped():
     assert row["steps_to_target"] == 50 and row["steps_to_target_sd"] == pytest.approx(14.142, 1e-3)
     assert row["final_val_accuracy"] == pytest.approx((0.95 + 0.93 + 0.7) / 3)
     assert display_frame(summary).iloc[0]["reached"] == "2/3"
+
+
+def test_a_batch_that_runs_out_of_memory_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
+    from b3core.reports.converge_report import display_frame, summary_frame
+    from b3core.studies import converge
+
+    spec, step, splits = tiny_study(batch_sizes=(16, 32), max_epochs=0.2, seeds=1)
+    real = converge.run_one
+
+    def run_one(spec, step, splits, batch, seed, device):
+        if batch == 32:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(spec, step, splits, batch, seed, device)
+
+    monkeypatch.setattr(converge, "run_one", run_one)
+    log = converge.ConvergeLog.open(tmp_path, spec, step, resume=False, machine={})
+    converge.run_study(spec, step, splits, CPU, log)
+    _, saved = converge.read_log(tmp_path / converge.LOG_NAME)
+    assert set(saved) == {(16, 0), (32, 0)}
+    assert saved[(32, 0)]["out_of_memory"].startswith("CUDA out of memory")
+    assert not saved[(32, 0)]["reached"] and "out_of_memory" not in saved[(16, 0)]
+    table = display_frame(summary_frame(list(saved.values())))
+    assert table.set_index("batch").loc[32, "reached"] == "0/1 (1 out of memory)"

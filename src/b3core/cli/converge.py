@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from b3core.cli.options import add_fields_as_options, spec_from_args, write_json
+from b3core.cli.options import add_fields_as_options, spec_from_args
 from b3core.spec.converge import (
     DEFAULT_BASE_LR,
     DEFAULT_MODEL,
@@ -43,6 +42,7 @@ def cmd_converge(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from b3core.measuring.machine import machine_record
+    from b3core.reports.converge_report import write_converge_report
     from b3core.studies.converge import ConvergeLog, prepare_study, run_study
     from b3core.workloads.build import check_buildable, target_device
 
@@ -53,11 +53,15 @@ def cmd_converge(args: argparse.Namespace) -> int:
     machine = machine_record()
     log = ConvergeLog.open(args.out, spec, step, resume=args.resume, machine=machine)
     total = spec.seeds * len(spec.batch_sizes)
-    done = sum(1 for key in log.runs if key[0] in spec.batch_sizes and key[1] < spec.seeds)
-    bar = tqdm(total=total, initial=done, desc="b3 converge", unit="run", file=sys.stderr)
+    bar = tqdm(
+        total=total, initial=len(_runs(log, spec)), desc="b3 converge", unit="run", file=sys.stderr
+    )
 
     def on_run(run: dict) -> None:
-        state = "diverged" if run["diverged"] else ("reached" if run["reached"] else "missed")
+        state = "reached" if run["reached"] else "missed"
+        state = (
+            "diverged" if run["diverged"] else run.get("out_of_memory") and "out of memory" or state
+        )
         bar.set_postfix_str(f"batch {run['batch_size']} seed {run['seed']}: {state}")
         bar.update(1)
 
@@ -70,57 +74,25 @@ def cmd_converge(args: argparse.Namespace) -> int:
             "continue with --resume",
             file=sys.stderr,
         )
-        write_report(args.out, spec, step, log, machine)
+        write_converge_report(args.out, spec, step, _runs(log, spec), machine)
         return 130
     bar.close()
-    print(write_report(args.out, spec, step, log, machine))
+    print(write_converge_report(args.out, spec, step, _runs(log, spec), machine))
     return 0
 
 
-def write_report(out: str, spec: ConvergeSpec, step: StepSpec, log, machine: dict) -> str:
-    """converge.csv (per batch), converge.json (the summary and every run) and converge.png,
-    from the runs of this study's sizes and seeds; returns the printed table and notes."""
-    from b3core.reports.converge_report import display_frame, knee, plot_study, summary_frame
-    from b3core.studies.converge import CLOCK
+def _outcome(run: dict) -> str:
+    if run["diverged"]:
+        return "diverged"
+    if run.get("out_of_memory"):
+        return "out of memory"
+    return "reached" if run["reached"] else "missed"
 
-    runs = [
+
+def _runs(log, spec: ConvergeSpec) -> list[dict]:
+    """The log's runs of this study's sizes and seeds (a resumed log may hold more)."""
+    return [
         run
         for (batch, seed), run in sorted(log.runs.items())
         if batch in spec.batch_sizes and seed < spec.seeds
     ]
-    if not runs:
-        return "no finished runs yet"
-    folder = Path(out)
-    summary = summary_frame(runs)
-    summary.to_csv(folder / "converge.csv", index=False)
-    title = (
-        f"{step.model} on {spec.dataset}, target {spec.target_accuracy:g}, {step.optimizer} "
-        f"lr {step.lr:g} at batch {spec.reference_batch} ({spec.lr_rule} rule), {spec.seeds} seeds"
-    )
-    plot_study(runs, summary, spec.target_accuracy, folder / "converge.png", title)
-    critical = knee(summary)
-    scales = summary["noise_scale"].dropna()
-    noise = float(scales.mean()) if len(scales) else None
-    write_json(
-        folder / "converge.json",
-        {
-            "study": spec.to_dict(),
-            "step": step.to_dict(),
-            "clock": CLOCK,
-            "machine": machine,
-            "knee_batch": critical,
-            "noise_scale": noise,
-            "summary": summary.to_dict(orient="records"),
-            "runs": runs,
-        },
-    )
-    lines = [title, display_frame(summary).to_markdown(index=False)]
-    lines.append(f"seconds: training steps only ({CLOCK})")
-    if critical is not None:
-        lines.append(f"knee: batch {critical} is the largest within 2x of perfect step scaling")
-    if noise is not None:
-        lines.append(f"gradient noise scale B_simple ~ {noise:.0f} (mean over runs' final)")
-    elif step.accumulation_steps < 2:
-        lines.append("noise scale: give --accumulation-steps 2 or more to measure it")
-    lines.append(f"saved in {folder}/converge.{{jsonl,csv,json,png}}")
-    return "\n".join(lines)

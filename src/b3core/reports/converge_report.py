@@ -8,6 +8,7 @@ non-diverged seeds, and the gradient noise scale where it was measured.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -18,7 +19,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from b3core.reports.sweep_report import atomic_write  # noqa: E402
 from b3core.reports.tables import mean_pm_sd  # noqa: E402
+from b3core.spec.converge import CLOCK, ConvergeSpec  # noqa: E402
+from b3core.spec.step import StepSpec  # noqa: E402
 
 TO_TARGET = ("steps_to_target", "epochs_to_target", "samples_to_target", "seconds_to_target")
 ACCURACY = ("best_val_accuracy", "final_val_accuracy", "generalization_gap")
@@ -43,7 +47,10 @@ def summary_frame(runs: list[dict]) -> pd.DataFrame:
             "reached": int(group["reached"].sum()),
             "reached_fraction": float(group["reached"].mean()),
             "diverged": int(group["diverged"].sum()),
-            "peak_lr": float(group["peak_lr"].iloc[0]),
+            "out_of_memory": int(group["out_of_memory"].notna().sum())
+            if "out_of_memory" in group
+            else 0,
+            "peak_lr": float(group["peak_lr"].max()),
             "updates": float(group["updates"].mean()),
         }
         for column in TO_TARGET:
@@ -76,8 +83,7 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
             {
                 "batch": int(row["batch_size"]),
                 "lr": f"{row['peak_lr']:.3g}",
-                "reached": f"{int(row['reached'])}/{int(row['seeds'])}"
-                + (f" ({int(row['diverged'])} diverged)" if row["diverged"] else ""),
+                "reached": f"{int(row['reached'])}/{int(row['seeds'])}" + _failures(row),
                 "steps to target": pm(row, "steps_to_target"),
                 "epochs": pm(row, "epochs_to_target"),
                 "samples": pm(row, "samples_to_target"),
@@ -89,6 +95,15 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _failures(row) -> str:
+    failed = [
+        f"{int(row[column])} {what}"
+        for column, what in (("diverged", "diverged"), ("out_of_memory", "out of memory"))
+        if row[column]
+    ]
+    return f" ({', '.join(failed)})" if failed else ""
 
 
 def knee(summary: pd.DataFrame) -> int | None:
@@ -106,8 +121,12 @@ def plot_study(
     runs: list[dict], summary: pd.DataFrame, target: float, path: Path, title: str
 ) -> Path:
     """Steps to target against batch (log-log, with perfect scaling and the noise scale);
-    validation accuracy against samples seen and against training seconds."""
-    fig, (steps_ax, samples_ax, time_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
+    validation accuracy against samples seen and against training seconds; and, where it was
+    measured, the noise scale over training."""
+    measured = any(p.get("noise_scale") for run in runs for p in run["curve"])
+    panels = 4 if measured else 3
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
+    steps_ax, samples_ax, time_ax = axes[:3]
     reached = summary.dropna(subset=["steps_to_target"])
     if not reached.empty:
         steps_ax.errorbar(
@@ -139,6 +158,10 @@ def plot_study(
             accuracy = [p["val_accuracy"] for p in curve]
             width = 1.5 if run["seed"] == 0 else 0.6
             samples_ax.plot([p["samples"] for p in curve], accuracy, color=color, lw=width)
+            if measured:
+                scaled = [(p["samples"], p["noise_scale"]) for p in curve if p.get("noise_scale")]
+                if scaled:
+                    axes[3].plot(*zip(*scaled), color=color, lw=width)
             time_ax.plot(
                 [p["seconds"] for p in curve], accuracy, color=color, lw=width, label=label
             )
@@ -149,8 +172,53 @@ def plot_study(
     if any(run["curve"] for run in runs):  # every run may have diverged before its first look
         samples_ax.set_xscale("log")
         time_ax.legend(fontsize=8)
+    if measured:
+        axes[3].set_xscale("log")
+        axes[3].set_xlabel("samples seen")
+        axes[3].set_ylabel("gradient noise scale B_simple")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def write_converge_report(
+    out: str | Path, spec: ConvergeSpec, step: StepSpec, runs: list[dict], machine: dict
+) -> str:
+    """converge.csv (per batch), converge.json (the summary and every run) and converge.png;
+    returns the table and notes to print."""
+    if not runs:
+        return "no finished runs yet"
+    folder = Path(out)
+    summary = summary_frame(runs)
+    atomic_write(folder / "converge.csv", summary.to_csv(index=False))
+    title = (
+        f"{step.model} on {spec.dataset}, target {spec.target_accuracy:g}, {step.optimizer} "
+        f"lr {step.lr:g} at batch {spec.reference_batch} ({spec.lr_rule} rule), {spec.seeds} seeds"
+    )
+    plot_study(runs, summary, spec.target_accuracy, folder / "converge.png", title)
+    critical = knee(summary)
+    scales = summary["noise_scale"].dropna()
+    noise = float(scales.mean()) if len(scales) else None
+    payload = {
+        "study": spec.to_dict(),
+        "step": step.to_dict(),
+        "clock": CLOCK,
+        "machine": machine,
+        "knee_batch": critical,
+        "noise_scale": noise,
+        "summary": summary.astype(object).where(summary.notna(), None).to_dict(orient="records"),
+        "runs": runs,
+    }
+    atomic_write(folder / "converge.json", json.dumps(payload, indent=2, default=str) + "\n")
+    lines = [title, display_frame(summary).to_markdown(index=False)]
+    lines.append(f"seconds: training steps only ({CLOCK})")
+    if critical is not None:
+        lines.append(f"knee: batch {critical} is the largest within 2x of perfect step scaling")
+    if noise is not None:
+        lines.append(f"gradient noise scale B_simple ~ {noise:.0f} (mean over runs' final)")
+    elif step.accumulation_steps < 2:
+        lines.append("noise scale: give --accumulation-steps 2 or more to measure it")
+    lines.append(f"saved in {folder}/converge.{{jsonl,csv,json,png}}")
+    return "\n".join(lines)

@@ -29,7 +29,7 @@ def sweep_frame(sweep: SweepResult) -> pd.DataFrame:
     return pd.concat([frame, failures], ignore_index=True) if not failures.empty else frame
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     """Readers never see a half-written file, even if the sweep is killed mid-write."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -77,8 +77,8 @@ def sweep_summary_dict(sweep: SweepResult, machine: dict) -> dict:
 def write_sweep_report(out_dir: str | Path, sweep: SweepResult, machine: dict) -> list[Path]:
     out = Path(out_dir)
     csv_path, json_path = out / "sweep.csv", out / "sweep.json"
-    _atomic_write(csv_path, sweep_frame(sweep).to_csv(index=False))
-    _atomic_write(
+    atomic_write(csv_path, sweep_frame(sweep).to_csv(index=False))
+    atomic_write(
         json_path, json.dumps(sweep_summary_dict(sweep, machine), indent=2, default=str) + "\n"
     )
     written = [csv_path, json_path]

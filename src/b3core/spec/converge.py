@@ -27,6 +27,7 @@ DEFAULT_BASE_LR = 0.05
 DEFAULT_TARGET = 0.9
 DEFAULT_MAX_EPOCHS = 10.0
 DEFAULT_EVALS_PER_EPOCH = 8
+CLOCK = "each update between two device syncs; loading, evaluation and probes excluded"
 
 
 def _fraction_of_one(text: str) -> float:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from b3core.errors import B3Error
+from b3core.measuring.memory import is_out_of_memory, release_memory
 from b3core.measuring.noise_scale import GradientProbe, NoiseScale
 from b3core.spec.converge import ConvergeSpec
 from b3core.spec.step import StepSpec
@@ -31,8 +32,6 @@ from b3core.workloads.data import Splits, cifar10_splits, digits_splits, image_f
 from b3core.workloads.devices import synchronize
 from b3core.workloads.ghost_bn import use_ghost_batch_norm
 from b3core.workloads.training import prepare_training
-
-CLOCK = "each update between two device syncs; loading, evaluation and probes excluded"
 
 
 def load_splits(spec: ConvergeSpec, image_size: int) -> Splits:
@@ -319,9 +318,34 @@ def run_study(
         for batch in spec.batch_sizes:
             if (batch, seed) in log.runs:
                 continue
-            run = run_one(spec, step, splits, batch, seed, device)
+            try:
+                run = run_one(spec, step, splits, batch, seed, device)
+            except Exception as exc:  # noqa: BLE001 - only an out-of-memory is recorded
+                if not is_out_of_memory(exc):
+                    raise
+                release_memory(device)
+                run = _out_of_memory_run(batch, seed, step, exc)
             log.append(run)
             on_run(run)
+
+
+def _out_of_memory_run(batch: int, seed: int, step: StepSpec, exc: BaseException) -> dict:
+    """A run whose batch did not fit: counted in its batch's row as one that missed."""
+    message = str(exc).strip().splitlines()
+    return {
+        "batch_size": batch,
+        "seed": seed,
+        "accumulation_steps": step.accumulation_steps,
+        "out_of_memory": message[0][:200] if message else type(exc).__name__,
+        "reached": False,
+        "diverged": False,
+        "peak_lr": math.nan,
+        "updates": 0,
+        **dict.fromkeys(("steps_to_target", "epochs_to_target", "samples_to_target")),
+        **dict.fromkeys(("seconds_to_target", "best_val_accuracy", "final_val_accuracy")),
+        **dict.fromkeys(("generalization_gap", "noise_scale")),
+        "curve": [],
+    }
 
 
 LOG_NAME = "converge.jsonl"
