@@ -21,6 +21,7 @@ from tests.cli_helpers import b3
 
 CPU = torch.device("cpu")
 TINY = ["--model", "small_bn_cnn", "--image-size", "8", "--device", "cpu"]
+SIMPLE = ["--model", "simple_cnn", "--image-size", "8", "--device", "cpu"]  # no BatchNorm
 
 
 def tiny_study(**settings):
@@ -211,12 +212,7 @@ def test_a_diverging_run_is_recorded_and_the_study_goes_on(tmp_path):
     out = tmp_path / "study"
     proc = b3(
         "converge",
-        "--model",
-        "simple_cnn",
-        "--image-size",
-        "8",
-        "--device",
-        "cpu",
+        *SIMPLE,
         "--batch-sizes",
         "16,64",
         "--seeds",
@@ -318,12 +314,7 @@ def test_advise_joins_steps_to_target_with_the_sweeps_time_per_update(tmp_path):
     assert (
         b3(
             "sweep",
-            "--model",
-            "simple_cnn",
-            "--image-size",
-            "8",
-            "--device",
-            "cpu",
+            *SIMPLE,
             "--batch-sizes",
             "16",
             "--repeats",
@@ -347,7 +338,7 @@ def test_a_run_that_missed_the_target_is_counted_not_dropped():
             "peak_lr": 0.1, "updates": 100, "steps_to_target": steps,
             "epochs_to_target": steps and steps / 10, "samples_to_target": steps and steps * 32,
             "seconds_to_target": steps and steps / 100, "best_val_accuracy": final,
-            "final_val_accuracy": final, "generalization_gap": 0.01, "noise_scale": None,
+            "final_val_accuracy": final, "generalization_gap": 0.01, "noise_scale": None, "curve": [],
         }  # fmt: skip
 
     summary = summary_frame([run(0, 40, 0.95), run(1, 60, 0.93), run(2, None, 0.7)])
@@ -379,3 +370,42 @@ def test_a_batch_that_runs_out_of_memory_is_recorded_and_the_study_goes_on(tmp_p
     assert not saved[(32, 0)]["reached"] and "out_of_memory" not in saved[(16, 0)]
     table = display_frame(summary_frame(list(saved.values())))
     assert table.set_index("batch").loc[32, "reached"] == "0/1 (1 out of memory)"
+
+
+def test_an_image_folder_from_disk(tmp_path):
+    """A user's own images in ImageFolder's layout (one folder per class), split 80/20."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for label, shade in (("dark", 40), ("light", 210)):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(20):
+            pixels = (shade + torch.randint(-30, 30, (12, 12, 3), generator=g)).clamp(0, 255)
+            Image.fromarray(pixels.to(torch.uint8).numpy()).save(
+                tmp_path / "images" / label / f"{i}.png"
+            )
+    out = tmp_path / "study"
+    proc = b3(
+        "converge", *TINY, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "images"),
+        "--batch-sizes", "8", "--seeds", "1", "--max-epochs", "2", "--target-accuracy", "0.5",
+        "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads((out / "converge.json").read_text())["runs"][0]
+    assert (run["train_size"], run["val_size"]) == (32, 8)
+    assert json.loads((out / "converge.json").read_text())["step"]["num_classes"] == 2
+
+
+def test_the_critical_batch_fitted_to_the_steps_and_the_noise_scale_at_target():
+    import pandas as pd
+
+    from b3core.reports.converge_report import critical_batch_fit, noise_scale_at_target
+
+    batches = [16, 32, 64, 128, 256]
+    steps = [100 * (1 + 50 / b) for b in batches]  # S_min 100, B_noise 50
+    summary = pd.DataFrame({"batch_size": batches, "steps_to_target": steps})
+    assert critical_batch_fit(summary) == pytest.approx(50)
+    assert critical_batch_fit(summary.iloc[:2]) is None  # too few sizes to fit
+    curve = [{"update": 5, "noise_scale": 40.0}, {"update": 10, "noise_scale": 90.0}]
+    assert noise_scale_at_target({"steps_to_target": 10, "curve": curve}) == 90.0
+    assert noise_scale_at_target({"steps_to_target": None, "curve": curve}) is None

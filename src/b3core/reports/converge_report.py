@@ -28,9 +28,23 @@ TO_TARGET = ("steps_to_target", "epochs_to_target", "samples_to_target", "second
 ACCURACY = ("best_val_accuracy", "final_val_accuracy", "generalization_gap")
 
 
+def noise_scale_at_target(run: dict) -> float | None:
+    """The run's gradient noise scale when it reached the target: the noise scale grows as
+    training goes on (and |G|^2 shrinks), and the batch that the steps to target reward is
+    the one of that stretch of training, not of the end."""
+    point = next((p for p in run["curve"] if p["update"] == run["steps_to_target"]), None)
+    return point.get("noise_scale") if point else None
+
+
 def runs_frame(runs: list[dict]) -> pd.DataFrame:
     """One row per (batch, seed) run, without its curve."""
-    rows = [{k: v for k, v in run.items() if k != "curve"} for run in runs]
+    rows = [
+        {
+            **{k: v for k, v in run.items() if k != "curve"},
+            "noise_scale_at_target": noise_scale_at_target(run),
+        }
+        for run in runs
+    ]
     return pd.DataFrame(rows).sort_values(["batch_size", "seed"]).reset_index(drop=True)
 
 
@@ -57,8 +71,7 @@ def summary_frame(runs: list[dict]) -> pd.DataFrame:
             row.update(_mean_sd(column, reached[column]))
         for column in ACCURACY:
             row.update(_mean_sd(column, finished[column]))
-        scales = group["noise_scale"].dropna()
-        row.update(_mean_sd("noise_scale", scales))
+        row.update(_mean_sd("noise_scale_at_target", group["noise_scale_at_target"]))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -91,7 +104,7 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
                 "best val acc": pm(row, "best_val_accuracy"),
                 "final val acc": pm(row, "final_val_accuracy"),
                 "train - val": pm(row, "generalization_gap"),
-                "noise scale": pm(row, "noise_scale"),
+                "noise scale at target": pm(row, "noise_scale_at_target"),
             }
         )
     return pd.DataFrame(rows)
@@ -117,6 +130,28 @@ def knee(summary: pd.DataFrame) -> int | None:
     return int(within["batch_size"].max())
 
 
+def critical_batch_fit(summary: pd.DataFrame) -> float | None:
+    """B_noise of McCandlish et al.'s model of the steps to target, S(B) = S_min (1 +
+    B_noise / B), fitted by least squares of S on 1/B (at least 3 batch sizes that reached
+    the target); None when the fit has no positive S_min and B_noise."""
+    from scipy.stats import linregress
+
+    rows = summary.dropna(subset=["steps_to_target"])
+    if len(rows) < 3:
+        return None
+    fit = linregress(1.0 / rows["batch_size"], rows["steps_to_target"])
+    if not (fit.intercept > 0 and fit.slope > 0):
+        return None
+    return float(fit.slope / fit.intercept)
+
+
+def study_noise_scale(runs: list[dict]) -> float | None:
+    """The median over runs of the noise scale at target (robust: one run's estimate can be
+    far off while |G|^2 is small)."""
+    values = [v for v in map(noise_scale_at_target, runs) if v is not None]
+    return float(np.median(values)) if values else None
+
+
 def plot_study(
     runs: list[dict], summary: pd.DataFrame, target: float, path: Path, title: str
 ) -> Path:
@@ -140,9 +175,12 @@ def plot_study(
         b0, s0 = reached.iloc[0]["batch_size"], reached.iloc[0]["steps_to_target"]
         batches = np.array(sorted(summary["batch_size"]))
         steps_ax.plot(batches, s0 * b0 / batches, "--", color="grey", label="perfect scaling")
-    scale = summary["noise_scale"].dropna()
-    if len(scale):
-        steps_ax.axvline(float(scale.mean()), color="tab:red", ls=":", label="noise scale")
+    noise = study_noise_scale(runs)
+    if noise is not None:
+        steps_ax.axvline(noise, color="tab:red", ls=":", label="noise scale at target (median)")
+    fitted = critical_batch_fit(summary)
+    if fitted is not None:
+        steps_ax.axvline(fitted, color="tab:green", ls="-.", label="B_noise fitted to the steps")
     steps_ax.set_xscale("log", base=2)
     steps_ax.set_yscale("log")
     steps_ax.set_xlabel("batch size")
@@ -198,16 +236,15 @@ def write_converge_report(
         f"lr {step.lr:g} at batch {spec.reference_batch} ({spec.lr_rule} rule), {spec.seeds} seeds"
     )
     plot_study(runs, summary, spec.target_accuracy, folder / "converge.png", title)
-    critical = knee(summary)
-    scales = summary["noise_scale"].dropna()
-    noise = float(scales.mean()) if len(scales) else None
+    critical, fitted, noise = knee(summary), critical_batch_fit(summary), study_noise_scale(runs)
     payload = {
         "study": spec.to_dict(),
         "step": step.to_dict(),
         "clock": CLOCK,
         "machine": machine,
         "knee_batch": critical,
-        "noise_scale": noise,
+        "fitted_critical_batch": fitted,
+        "noise_scale_at_target": noise,
         "summary": summary.astype(object).where(summary.notna(), None).to_dict(orient="records"),
         "runs": runs,
     }
@@ -216,8 +253,10 @@ def write_converge_report(
     lines.append(f"seconds: training steps only ({CLOCK})")
     if critical is not None:
         lines.append(f"knee: batch {critical} is the largest within 2x of perfect step scaling")
+    if fitted is not None:
+        lines.append(f"steps to target fit S_min (1 + B_noise / B) with B_noise ~ {fitted:.0f}")
     if noise is not None:
-        lines.append(f"gradient noise scale B_simple ~ {noise:.0f} (mean over runs' final)")
+        lines.append(f"gradient noise scale B_simple at target ~ {noise:.0f} (median over runs)")
     elif step.accumulation_steps < 2:
         lines.append("noise scale: give --accumulation-steps 2 or more to measure it")
     lines.append(f"saved in {folder}/converge.{{jsonl,csv,json,png}}")
