@@ -212,6 +212,7 @@ def plot_study(
         time_ax.legend(fontsize=8)
     if measured:
         axes[3].set_xscale("log")
+        axes[3].set_yscale("log")  # early on, and near convergence, |G|^2 is small: it spikes
         axes[3].set_xlabel("samples seen")
         axes[3].set_ylabel("gradient noise scale B_simple")
     fig.suptitle(title, fontsize=9)
