@@ -160,6 +160,35 @@ def _batches(splits: Splits, batch: int, seed: int, epoch: int) -> Iterator:
     )
 
 
+def _timed_update(trainer, micro: list, device: torch.device, probe) -> tuple[float, float]:
+    """One update between two device syncs: its loss and its seconds, less the noise-scale
+    probe's own (synced) time."""
+    probed = probe.seconds if probe else 0.0
+    synchronize(device)
+    began = time.perf_counter()
+    loss = trainer.step(micro)
+    synchronize(device)
+    seconds = time.perf_counter() - began - ((probe.seconds - probed) if probe else 0.0)
+    return float(loss), seconds
+
+
+def _finished(record: dict, curve: list[dict], train_accuracy: float | None, **totals) -> dict:
+    """The run's record completed: its outcome, accuracies, gap and curve."""
+    final = curve[-1]["val_accuracy"] if curve else None
+    gap = None if train_accuracy is None or final is None else train_accuracy - final
+    return {
+        **record,
+        **totals,
+        "reached": record["steps_to_target"] is not None,
+        "diverged": record["diverged_at_step"] is not None,
+        "best_val_accuracy": max((p["val_accuracy"] for p in curve), default=None),
+        "final_val_accuracy": final,
+        "final_train_accuracy": train_accuracy,
+        "generalization_gap": gap,
+        "curve": curve,
+    }
+
+
 def run_one(
     spec: ConvergeSpec,
     step: StepSpec,
@@ -218,17 +247,15 @@ def run_one(
                 break
             for group in trainer.optimizer.param_groups:
                 group["lr"] = schedule.lr_at(updates, epochs)
-            micro = list(zip(inputs.to(device).chunk(k), targets.to(device).chunk(k)))
-            synchronize(device)
-            began = time.perf_counter()
-            probed = probe.seconds if probe else 0.0
-            loss = trainer.step(micro)
-            synchronize(device)
-            seconds += time.perf_counter() - began - ((probe.seconds - probed) if probe else 0.0)
+            inputs = inputs.to(device)
+            if inputs.dim() == 4:
+                inputs = inputs.contiguous(memory_format=trainer.memory_format)
+            micro = list(zip(inputs.chunk(k), targets.to(device).chunk(k)))
+            loss_value, update_seconds = _timed_update(trainer, micro, device, probe)
+            seconds += update_seconds
             updates += 1
             samples += len(targets)
             epochs += 1 / per_epoch
-            loss_value = float(loss)
             if not math.isfinite(loss_value):
                 record["diverged_at_step"] = updates
                 break
@@ -265,32 +292,22 @@ def run_one(
         if spec.stop_at_target and record["steps_to_target"] is not None:
             break
         epoch_index += 1
-    final_val = curve[-1]["val_accuracy"] if curve else None
     train_accuracy = None
     if record["diverged_at_step"] is None:
         train_accuracy = accuracy(model, train_eval_loader, device, trainer.autocast)
-    record.update(
-        reached=record["steps_to_target"] is not None,
-        diverged=record["diverged_at_step"] is not None,
+    return _finished(
+        record,
+        curve,
+        train_accuracy,
         updates=updates,
         epochs=epochs,
         samples=samples,
         train_seconds=seconds,
         final_batch_size=schedule.batch_at(epochs),
-        best_val_accuracy=max((p["val_accuracy"] for p in curve), default=None),
-        final_val_accuracy=final_val,
-        final_train_accuracy=train_accuracy,
-        generalization_gap=(
-            train_accuracy - final_val
-            if train_accuracy is not None and final_val is not None
-            else None
-        ),
         noise_scale=noise.b_simple,
         noise_scale_steps=noise.steps,
         probe_seconds=probe.seconds if probe else 0.0,
-        curve=curve,
     )
-    return record
 
 
 def prepare_study(spec: ConvergeSpec, step: StepSpec) -> tuple[StepSpec, Splits]:
