@@ -169,10 +169,11 @@ def test_each_timed_block_starts_at_a_barrier_outside_the_clock(monkeypatch):
     )
     with process_group(torch.device("cpu")):
         result = runner.measure(StepSpec("simple_cnn", 4, device="cpu"), Timing(repeats=3))
+        timed = events[events.index("barrier") :]  # the warm-up's blocks come first
         real_barrier()
     assert result.distributed.world_size == 1 and len(result.distributed.rank_times[0]) == 3
-    timed = events[events.index("barrier") :]  # the warm-up's blocks come first
     assert timed == ["barrier", "block"] * (3 + 2 * runner.COMM_PAIRS)
+    assert events[-1] == "barrier"  # the ranks meet again before the group is torn down
 
 
 def test_each_rank_is_pinned_to_its_own_gpu(monkeypatch):

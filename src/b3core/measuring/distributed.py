@@ -68,8 +68,13 @@ def process_group(device: torch.device) -> Iterator[Rank | None]:
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     try:
         yield current()
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # every rank done before any tears its connections down: gloo aborts a rank whose peer
+    # closes a connection under it (seen once in 2-rank CI runs)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def gather(value: object) -> list:
