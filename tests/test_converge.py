@@ -338,7 +338,8 @@ def test_a_run_that_missed_the_target_is_counted_not_dropped():
             "peak_lr": 0.1, "updates": 100, "steps_to_target": steps,
             "epochs_to_target": steps and steps / 10, "samples_to_target": steps and steps * 32,
             "seconds_to_target": steps and steps / 100, "best_val_accuracy": final,
-            "final_val_accuracy": final, "generalization_gap": 0.01, "noise_scale": None, "curve": [],
+            "final_val_accuracy": final, "generalization_gap": 0.01, "noise_scale": None,
+            "curve": [],
         }  # fmt: skip
 
     summary = summary_frame([run(0, 40, 0.95), run(1, 60, 0.93), run(2, None, 0.7)])
