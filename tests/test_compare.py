@@ -227,7 +227,7 @@ def test_ranks_die_with_their_launcher():
     from b3core.studies.compare.workers import WORKER_FILE
 
     def ranks() -> int:
-        return sum(1 for line in _command_lines() if "--rank-of" in line and "b3-test-" in line)
+        return sum(1 for line in _command_lines() if "--rank " in line and "b3-test-" in line)
 
     launcher = subprocess.Popen(
         [sys.executable, str(WORKER_FILE), "b3-test-ranks", "--nproc-per-node", "2"],

@@ -17,10 +17,13 @@ gradient is skipped.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
+
+from b3core.workloads.devices import synchronize
 
 DEFAULT_DECAY = 0.95  # of the moving averages: about the last 20 measured steps
 
@@ -94,10 +97,6 @@ class GradientProbe:
         return flat
 
     def __call__(self, index: int, weight: float) -> None:
-        import time
-
-        from b3core.workloads.devices import synchronize
-
         device = self.params[0].device
         synchronize(device)
         began = time.perf_counter()

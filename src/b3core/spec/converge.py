@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from b3core.errors import B3Error
 from b3core.spec.sizes import parse_batch_sizes
 from b3core.spec.step import Record, option, parse_number
-from b3core.spec.validate import parse_positive_int
+from b3core.spec.validate import parse_positive_int, parse_positive_number
 
 CONVERGE_DATASETS = ("digits", "cifar10", "imagefolder")  # read from disk; never downloaded
 LR_RULES = ("none", "linear", "sqrt")  # none: every batch at the base rate
@@ -37,20 +37,6 @@ def _fraction_of_one(text: str) -> float:
     return value
 
 
-def _positive_number(text: str) -> float:
-    value = parse_number(text)
-    if not value > 0:
-        raise B3Error(f"value must be positive, got {text!r}")
-    return value
-
-
-def _non_negative_number(text: str) -> float:
-    value = parse_number(text)
-    if value < 0:
-        raise B3Error(f"value must not be negative, got {text!r}")
-    return value
-
-
 def _batch_sizes(text: str) -> tuple[int, ...]:
     sizes = tuple(parse_batch_sizes(text))
     if not sizes:
@@ -59,7 +45,9 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def _epochs_list(text: str) -> tuple[float, ...]:
-    epochs = tuple(_positive_number(part) for part in text.split(",") if part.strip())
+    epochs = tuple(
+        parse_positive_number(part, "decay epoch") for part in text.split(",") if part.strip()
+    )
     if list(epochs) != sorted(set(epochs)):
         raise B3Error(f"decay epochs must increase, got {text!r}")
     return epochs
@@ -102,7 +90,7 @@ class ConvergeSpec(Record):
         default=DEFAULT_MAX_EPOCHS,
         metadata=option(
             "--max-epochs",
-            parse=_positive_number,
+            parse=parse_positive_number,
             help=f"epochs of the base batch before a run gives up (default {DEFAULT_MAX_EPOCHS:g})",
         ),
     )
@@ -134,7 +122,7 @@ class ConvergeSpec(Record):
         default=GOYAL_WARMUP_EPOCHS,
         metadata=option(
             "--warmup-epochs",
-            parse=_non_negative_number,
+            parse=lambda text: parse_positive_number(text, allow_zero=True),
             help="linear warm-up from the base rate to the scaled one, when the rule raised "
             f"it (default {GOYAL_WARMUP_EPOCHS:g}, Goyal et al.)",
         ),
@@ -169,7 +157,7 @@ class ConvergeSpec(Record):
         default=0.1,
         metadata=option(
             "--decay-factor",
-            parse=_positive_number,
+            parse=parse_positive_number,
             help="the rate's factor at each decay epoch (default 0.1)",
         ),
     )

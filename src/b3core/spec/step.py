@@ -12,7 +12,12 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from b3core.errors import B3Error
-from b3core.spec.validate import parse_positive_int, require_choice, require_positive_int
+from b3core.spec.validate import (  # noqa: F401 - parse_number: spec's users import it here
+    parse_number,
+    parse_positive_int,
+    require_choice,
+    require_positive_int,
+)
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -49,13 +54,6 @@ def parse_shape(text: str) -> str:
 
 def shape_dims(shape: str) -> tuple[int, ...]:
     return tuple(int(part) for part in shape.split("x"))
-
-
-def parse_number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise B3Error(f"value must be a number, got {text!r}") from None
 
 
 def option(*flags: str, help: str, **argparse_kwargs) -> dict:

@@ -5,6 +5,22 @@ from __future__ import annotations
 from b3core.errors import B3Error
 
 
+def parse_number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise B3Error(f"value must be a number, got {text!r}") from None
+
+
+def parse_positive_number(text: str, what: str = "number", *, allow_zero: bool = False) -> float:
+    """A number above 0 (at or above 0 with allow_zero); `what` names it in the error."""
+    value = parse_number(text)
+    if value < 0 or (value == 0 and not allow_zero):
+        limit = "not be negative" if allow_zero else "be positive"
+        raise B3Error(f"a {what} must {limit}, got {text!r}")
+    return value
+
+
 def require_positive_int(name: str, value: object) -> int:
     """An int of at least 1 (not a bool, not 2.5), or a one-line B3Error naming the value."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

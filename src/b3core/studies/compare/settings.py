@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from b3core.errors import B3Error
 from b3core.spec.step import MIN_WARMUP, Record, option, parse_number
-from b3core.spec.validate import parse_positive_int
+from b3core.spec.validate import parse_positive_int, parse_positive_number
 
 DEFAULT_MAX_TIME_S = 150.0
 DEFAULT_THRESHOLD = 0.02
@@ -30,10 +30,7 @@ def _fraction(text: str) -> float:
 
 
 def _seconds(text: str) -> float:
-    value = parse_number(text)
-    if not value > 0:
-        raise B3Error(f"value must be a positive number of seconds, got {text!r}")
-    return value
+    return parse_positive_number(text, "number of seconds")
 
 
 @dataclass(frozen=True)

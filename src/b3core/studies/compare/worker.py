@@ -173,7 +173,7 @@ def launch_ranks(code_dir: str, nproc_per_node: int, device: str) -> int:
     sys.stdout = sys.stderr
     from b3core.measuring.distributed import RankFailed, launch
 
-    args = (__file__, code_dir, "--rank-of", str(nproc_per_node), "--device", device)
+    args = (__file__, code_dir, "--rank", "--device", device)
     try:
         launch(sys.executable, args, nproc_per_node=nproc_per_node)
     except RankFailed as exc:
@@ -248,10 +248,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("code_dir")  # unused: it names the side in a process list
     parser.add_argument("--nproc-per-node", type=int)
-    parser.add_argument("--rank-of", type=int)
+    parser.add_argument("--rank", action="store_true")  # one of the ranks launched here
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    if args.rank_of:
+    if args.rank:
         return serve_rank(args.device)
     if args.nproc_per_node:
         return launch_ranks(args.code_dir, args.nproc_per_node, args.device)
