@@ -393,3 +393,16 @@ def test_the_rank_that_left_is_named_not_the_peer_it_aborted():
         SimpleNamespace(exitcode=1, timestamp=5),
     )
     assert _cause({3: later, 2: first}) == (2, first)
+
+
+def test_a_cuda_device_is_resolved_with_its_index(monkeypatch):
+    """torch 2.11's set_per_process_memory_fraction refuses a bare 'cuda': every CUDA path
+    (the memory cap first) receives 'cuda:N'."""
+    from b3core.workloads.devices import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("auto") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)

@@ -26,7 +26,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     require_choice("device", kind, DEVICE_CHOICES)
     if kind == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return _indexed_cuda(torch.device("cuda"))
         return torch.device("mps") if _mps_available() else torch.device("cpu")
     if kind == "cuda":
         if not torch.cuda.is_available():
@@ -34,10 +34,16 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise B3Error(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
-        return device
+        return _indexed_cuda(device)
     if kind == "mps" and not _mps_available():
         raise B3Error(f"--device {name}: MPS is not available on this machine")
     return torch.device(name)
+
+
+def _indexed_cuda(device: torch.device) -> torch.device:
+    """'cuda' as 'cuda:N' (the current GPU): some torch.cuda calls refuse a device without an
+    index, e.g. set_per_process_memory_fraction in torch 2.11."""
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
 
 
 def rank_device(device: torch.device) -> torch.device:
