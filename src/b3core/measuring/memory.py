@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -52,13 +53,69 @@ def _return_freed_heap_to_os() -> None:
         pass
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Kineto writes a line to the process's stderr (fd 2, below Python) each time a profiler
+    starts or stops; b3's own output stays clean."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class _TensorMemoryProfile:
+    """The exact peak of CPU tensor memory: torch's profiler with profile_memory reports every
+    allocation and free of the CPU allocator; the peak is the running sum's maximum. Started
+    before the model is built, so weights, optimizer state, data and activations all count.
+    (Chosen over RSS, which also moves with glibc's heap, thread stacks and freed pages kept by
+    the process; the profiler's costs land only in untimed steps.)"""
+
+    def __init__(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        self.profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+
+    def start(self) -> None:
+        with _quiet_stderr():
+            self.profiler.start()
+
+    def stop(self) -> int:
+        with _quiet_stderr():
+            self.profiler.stop()
+        cpu = torch.autograd.DeviceType.CPU
+        events = sorted(
+            (e.start_ns(), e.nbytes())
+            for e in self.profiler.profiler.kineto_results.events()
+            if e.name() == "[memory]" and e.device_type() == cpu
+        )
+        live = peak = 0
+        for _, nbytes in events:
+            live += nbytes
+            peak = max(peak, live)
+        self.profiler = None  # its event list can be large
+        return peak
+
+
 class PeakMemoryTracker:
-    """Context manager: resets the peak counters on entry; `result()` reads them."""
+    """Context manager around a configuration's build, warm-up and timing; `result()` reads
+    the peak.
+
+    CUDA: the caching allocator's peak counters, reset on entry (allocated, reserved, and at
+    the end what the CUDA context and other processes hold). CPU: the exact peak of tensor
+    memory, profiled from the build to the end of the warm-up (`warmed()`), with the resident
+    set's growth kept as a secondary figure."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self._baseline = 0
-        self._source = "cuda_max_allocated"
+        self._rss_source = "process_rss_growth"
+        self._profile: _TensorMemoryProfile | None = None
+        self._tensor_peak: int | None = None
 
     def __enter__(self) -> PeakMemoryTracker:
         # Memory cached for an earlier configuration would count as this one's peak.
@@ -69,22 +126,50 @@ class PeakMemoryTracker:
         _return_freed_heap_to_os()
         if _reset_rss_high_water_mark():
             self._baseline = _proc_status_bytes("VmRSS") or 0
-            self._source = "process_rss_growth"
         else:  # no resettable peak here: report the lifetime peak, and say so
-            self._source = "process_lifetime_peak_rss"
+            self._rss_source = "process_lifetime_peak_rss"
+        if self.device.type == "cpu":
+            self._profile = _TensorMemoryProfile()
+            self._profile.start()
         return self
 
+    def warmed(self) -> bool:
+        """End of the warm-up: the profiled part ends here, so that no timed step pays for it.
+        True when a profiler stopped (its overhead was in the steps before)."""
+        if self._profile is None:
+            return False
+        self._tensor_peak = self._profile.stop()
+        self._profile = None
+        return True
+
     def __exit__(self, *exc) -> None:
+        if self._profile is not None:  # an error before warmed(): stop the profiler anyway
+            with _quiet_stderr():
+                self._profile.profiler.stop()
+            self._profile = None
         return None
 
     def result(self) -> PeakMemory:
         if self.device.type == "cuda":
+            allocated = torch.cuda.max_memory_allocated(self.device)
+            reserved = torch.cuda.max_memory_reserved(self.device)
+            free, total = torch.cuda.mem_get_info(self.device)
             return PeakMemory(
-                torch.cuda.max_memory_allocated(self.device),
-                torch.cuda.max_memory_reserved(self.device),
-                self._source,
+                allocated,
+                reserved,
+                "cuda_max_allocated",
+                outside_torch_bytes=max(0, total - free - torch.cuda.memory_reserved(self.device)),
+                allocator_settings=allocator_settings(),
             )
-        return PeakMemory(max(0, _rss_high_water_mark() - self._baseline), None, self._source)
+        rss = max(0, _rss_high_water_mark() - self._baseline)
+        if self._tensor_peak is not None:
+            return PeakMemory(self._tensor_peak, None, "cpu_tensor_peak", rss_growth_bytes=rss)
+        return PeakMemory(rss, None, self._rss_source)
+
+
+def allocator_settings() -> str | None:
+    """The CUDA caching allocator's settings (e.g. expandable_segments:True), as set."""
+    return os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")
 
 
 def physical_memory() -> int:

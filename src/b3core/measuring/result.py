@@ -17,16 +17,37 @@ class PeakMemory:
     """Peak memory of one configuration, the number b3 compares and fits.
 
     CUDA: the most bytes held by tensors at once (max_memory_allocated), with the allocator's
-    reserved peak beside it. CPU/MPS: how far the process's resident set rose above where it
-    stood before the configuration was built (the model, optimizer state, batch and activations).
+    reserved peak beside it; their gap is the allocator's slack (fragmentation, cached blocks),
+    and `outside_torch_bytes` is what the device holds outside torch's allocator at the end (the
+    CUDA context, library workspaces, other processes). CPU: the exact peak of tensor memory
+    (profiled allocations), with the resident set's growth as a secondary figure. MPS, and CPU
+    results from before b3 0.3: how far the resident set rose.
     """
 
     peak_bytes: int
     reserved_bytes: int | None
     source: str
+    outside_torch_bytes: int | None = None
+    allocator_settings: str | None = None  # PYTORCH_CUDA_ALLOC_CONF
+    rss_growth_bytes: int | None = None
+
+    @property
+    def fragmentation_bytes(self) -> int | None:
+        return None if self.reserved_bytes is None else self.reserved_bytes - self.peak_bytes
+
+    @property
+    def limit_bytes(self) -> int:
+        """What a memory budget bounds: on CUDA the allocator's reserved peak (the cap of
+        set_per_process_memory_fraction counts reserved memory), elsewhere the peak."""
+        return self.reserved_bytes if self.reserved_bytes is not None else self.peak_bytes
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "fragmentation_bytes": self.fragmentation_bytes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PeakMemory:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -102,6 +123,13 @@ class DistributedInfo:
         )
 
 
+def contention_note(telemetry: dict | None) -> str | None:
+    """The one-line "contended: ..." that tables, plots, pytest and asv show, or None."""
+    if not telemetry or not telemetry.get("contended"):
+        return None
+    return "contended: " + "; ".join(telemetry["contention"])
+
+
 @dataclass(frozen=True)
 class StepResult:
     """A measured configuration: raw times with derived statistics, peak memory, the warm-up,
@@ -115,10 +143,24 @@ class StepResult:
     workload: WorkloadInfo | None = None
     skipped_steps: int = 0
     distributed: DistributedInfo | None = None  # data parallel: the world and every rank's times
+    # the machine's state in the timed region (measuring/telemetry.py); None: not sampled
+    telemetry: dict | None = None
+
+    @property
+    def contended(self) -> bool:
+        return bool(self.telemetry and self.telemetry.get("contended"))
 
     @property
     def warnings(self) -> list[str]:
         notes = list(self.measurement.warnings)
+        if self.telemetry:
+            note = contention_note(self.telemetry)
+            notes += ([note] if note else []) + list(self.telemetry.get("warnings", ()))
+            if self.telemetry.get("discarded_throttled_blocks"):
+                notes.append(
+                    f"{self.telemetry['discarded_throttled_blocks']} timed sample(s) taken while "
+                    "the GPU throttled were discarded"
+                )
         if self.warmup and not self.warmup.settled:
             notes.append(
                 f"the step had not settled after {self.warmup.steps} warm-up steps (GradScaler "
@@ -151,6 +193,8 @@ class StepResult:
             "workload": self.workload.to_dict() if self.workload else None,
             "device_name": self.device_name,
             "distributed": self.distributed.to_dict() if self.distributed else None,
+            "telemetry": self.telemetry,
+            "contended": self.contended,
         }
 
     @classmethod
@@ -167,10 +211,11 @@ class StepResult:
         return cls(
             StepSpec.from_dict(d["spec"]),
             Measurement.from_dict(d["measurement"]),
-            PeakMemory(**d["memory"]),
+            PeakMemory.from_dict(d["memory"]),
             d["device_name"],
             Warmup(**warmup) if warmup else None,
             WorkloadInfo.from_dict(d["workload"]) if d.get("workload") else None,
             int(d.get("skipped_steps", 0)),
             DistributedInfo.from_dict(d["distributed"]) if d.get("distributed") else None,
+            d.get("telemetry"),
         )

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -29,6 +31,7 @@ from b3core.measuring.memory import (
 )
 from b3core.measuring.result import DistributedInfo, PeakMemory, StepResult, Warmup
 from b3core.measuring.stats import Measurement
+from b3core.measuring.telemetry import TelemetrySampler, require_throttle_readings
 from b3core.spec.step import MIN_WARMUP, StepSpec, Timing
 from b3core.workloads.build import Workload, build_workload, target_device
 from b3core.workloads.devices import device_context
@@ -166,6 +169,9 @@ def run_guarded(
         with device_context(device), PeakMemoryTracker(device) as tracker:
             workload = build_workload(spec, device, seed)
             record, last = warm_up(workload, device, max(MIN_WARMUP, warmup))
+            if tracker.warmed():  # the memory profiler slowed the steps so far: one more
+                last = time_block(workload.call, device)  # sets the block length honestly
+                record = dataclasses.replace(record, steps=record.steps + 1)
             ready = ReadyStep(workload, device, record, last)
             value = body(ready)
         peak = tracker.result()
@@ -191,6 +197,8 @@ def measure(
 ) -> StepResult:
     """Warm up, then time `timing.repeats` samples with the named clock (default: Timing())."""
     timing = timing or Timing()
+    if timing.discard_throttled:
+        require_throttle_readings(target_device(spec))
 
     def timed(ready: ReadyStep):
         rank = distributed.current()
@@ -198,19 +206,26 @@ def measure(
         if rank is not None:
             k = max(distributed.gather(k))  # every rank runs the same steps per block
         skipped = ready.skipped_updates
-        times, rank_times = timed_blocks(ready, k, timing.repeats)
+        samples = spec.samples_per_step * (rank.world_size if rank else 1)
+        spans: list[tuple[float, float]] = []
+        with _telemetry(ready.device, timing) as sampler:
+            times, rank_times = timed_blocks(ready, k, timing.repeats, spans)
+        telemetry, discarded = None, None
+        if sampler is not None:
+            if timing.discard_throttled:
+                times, rank_times, discarded = _drop_throttled(sampler, spans, times, rank_times)
+            telemetry = sampler.summary(samples * k * len(times), discarded)
         comm_share = None
         if rank is not None and spec.mode == "train":
             comm_share = _comm_share(ready, k)
-        samples = spec.samples_per_step * (rank.world_size if rank else 1)
         measured = Measurement(tuple(times), samples, k, timing.clock)
-        return measured, ready.skipped_updates - skipped, rank_times, comm_share
+        return measured, ready.skipped_updates - skipped, rank_times, comm_share, telemetry
 
     run = run_guarded(spec, timed, warmup=timing.warmup, memory_budget=memory_budget, seed=seed)
-    measured, skipped, rank_times, comm_share = run.value
+    measured, skipped, rank_times, comm_share, telemetry = run.value
     rank = distributed.current()
     if rank is None:
-        return run.result(spec, measured, skipped)
+        return dataclasses.replace(run.result(spec, measured, skipped), telemetry=telemetry)
     peaks = tuple(distributed.gather(run.memory.peak_bytes))
     ranks = DistributedInfo(
         rank.world_size,
@@ -224,20 +239,52 @@ def measure(
     result = run.result(spec, measured, skipped, ranks)
     # a data-parallel step fits where its largest rank fits
     memory = dataclasses.replace(run.memory, peak_bytes=max(peaks))
-    return dataclasses.replace(result, memory=memory)
+    return dataclasses.replace(result, memory=memory, telemetry=telemetry)
 
 
-def timed_blocks(ready: ReadyStep, k: int, count: int) -> tuple[list[float], tuple | None]:
+def _telemetry(device: torch.device, timing: Timing):
+    """The sampler for the timed region (None with --no-telemetry). Under DDP every rank's
+    process is the measurement's own, not outside load."""
+    if not timing.telemetry:
+        return contextlib.nullcontext()
+    rank = distributed.current()
+    pids = distributed.gather(os.getpid()) if rank is not None else None
+    return TelemetrySampler(device, pids=pids)
+
+
+def _drop_throttled(sampler: TelemetrySampler, spans, times, rank_times):
+    """The blocks taken while the GPU throttled (on any rank) dropped, and how many. If every
+    block throttled, all are kept: the telemetry's contention note says so."""
+    throttled = [sampler.throttled_during(*span) for span in spans]
+    if distributed.current() is not None:
+        throttled = [any(flags) for flags in zip(*distributed.gather(throttled))]
+    if all(throttled):
+        return times, rank_times, 0
+    keep = [i for i, flag in enumerate(throttled) if not flag]
+    times = [times[i] for i in keep]
+    if rank_times is not None:
+        rank_times = tuple(tuple(rank[i] for i in keep) for rank in rank_times)
+    return times, rank_times, len(throttled) - len(keep)
+
+
+def timed_blocks(
+    ready: ReadyStep, k: int, count: int, spans: list | None = None
+) -> tuple[list[float], tuple | None]:
     """`count` timed blocks of k steps each. Under DDP every rank starts each block together
     (a barrier, outside the clock) and a block's time is its slowest rank's; every rank's times
-    come back too (None outside DDP). Every rank must call this alike."""
+    come back too (None outside DDP). Every rank must call this alike. `spans` receives each
+    block's host-clock (start, end), for matching blocks to telemetry samples."""
     rank = distributed.current()
-    if rank is None:
-        return [time_block(ready.call, ready.device, k) for _ in range(count)], None
     times = []
     for _ in range(count):
-        torch.distributed.barrier()
+        if rank is not None:
+            torch.distributed.barrier()
+        began = time.perf_counter()
         times.append(time_block(ready.call, ready.device, k))
+        if spans is not None:
+            spans.append((began, time.perf_counter()))
+    if rank is None:
+        return times, None
     rank_times = tuple(tuple(t) for t in distributed.gather(times))
     return [max(sample) for sample in zip(*rank_times)], rank_times
 

@@ -68,6 +68,13 @@ def plot_batch_curves(
             capsize=2,
             label=label,
         )
+    if "contended" in frame and frame["contended"].fillna(False).astype(bool).any():
+        hit = frame[frame["contended"].fillna(False).astype(bool)]
+        for ax, column in ((rate_ax, "samples_per_s"), (time_ax, "step_ms_mean")):
+            ax.plot(
+                hit["batch"], hit[column], "x", color="tab:red", markersize=9, zorder=5,
+                label="contended (CPU steal or outside load, GPU throttling)",
+            )  # fmt: skip
     rate_ax.set_ylabel("samples/s (total / time, 95% CI)")
     time_ax.set_ylabel("step time, ms (mean ± SD)")
     if memory_fit is not None:

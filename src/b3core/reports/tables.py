@@ -89,6 +89,10 @@ def results_frame(results: Iterable[StepResult], source: str | None = None) -> p
                 "outliers": len(m.outliers),
                 "skipped_steps": r.skipped_steps,
                 "notes": short_notes(r),
+                "contended": r.contended,
+                "steal_share": (r.telemetry or {}).get("cpu", {}).get("steal_share"),
+                "outside_load_cores": (r.telemetry or {}).get("cpu", {}).get("outside_load_cores"),
+                "energy_j_per_sample": _energy_per_sample(r.telemetry),
                 "device": r.device_name,
             }
         )
@@ -97,6 +101,15 @@ def results_frame(results: Iterable[StepResult], source: str | None = None) -> p
         return frame
     order = ["source", "model", "mode", "precision", "accum", "batch"]
     return frame.sort_values(order, kind="stable", na_position="first").reset_index(drop=True)
+
+
+def _energy_per_sample(telemetry: dict | None) -> float | None:
+    """The GPU's J/sample where measured, else the CPU package's."""
+    energy = (telemetry or {}).get("energy", {})
+    for source in ("gpu", "cpu"):
+        if "j_per_sample" in energy.get(source, {}):
+            return energy[source]["j_per_sample"]
+    return None
 
 
 def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -169,7 +182,48 @@ def short_notes(r: StepResult) -> str:
         notes.append(f"{r.skipped_steps} skipped update(s)")
     if r.warmup and not r.warmup.settled:
         notes.append("not settled")
+    if r.contended:
+        notes.append("contended")
     return ", ".join(notes)
+
+
+def _range(signal: dict, unit: str, fmt: str = ".0f") -> str:
+    low, mid, high = signal["min"], signal["median"], signal["max"]
+    return f"{mid:{fmt}} {unit} (min {low:{fmt}}, max {high:{fmt}})"
+
+
+def describe_telemetry(telemetry: dict) -> list[str]:
+    """The telemetry lines of a step's report: CPU contention, GPU state, energy."""
+    signals, lines = telemetry.get("signals", {}), []
+    cpu = telemetry.get("cpu")
+    if cpu:
+        lines.append(
+            f"CPU steal {cpu['steal_share']:.1%} of CPU time, other processes "
+            f"{cpu['outside_load_cores']:.2f} cores busy (whole timed region)"
+        )
+    gpu_parts = [
+        f"{label} {_range(signals[key], unit)}"
+        for key, label, unit in (
+            ("gpu.sm_clock_mhz", "SM clock", "MHz"),
+            ("gpu.power_w", "power", "W"),
+            ("gpu.temperature_c", "temperature", "C"),
+            ("gpu.utilization_pct", "utilisation", "%"),
+        )
+        if key in signals
+    ]
+    if gpu_parts:
+        lines.append("GPU " + "; ".join(gpu_parts))
+    for source, energy in telemetry.get("energy", {}).items():
+        if "joules" in energy:
+            per = energy.get("j_per_sample")
+            lines.append(
+                f"{source.upper()} energy {energy['joules']:.3g} J"
+                + (f", {per:.3g} J/sample" if per is not None else "")
+                + f" ({energy['method']})"
+            )
+        elif source == "cpu" or telemetry.get("gpu") is not None:
+            lines.append(f"{source.upper()} energy unavailable: {energy['unavailable']}")
+    return lines
 
 
 def describe_clock(m: Measurement) -> str:
@@ -237,6 +291,8 @@ def describe_step_result(r: StepResult) -> str:
             f"  skipped steps {r.skipped_steps} (optimizer updates that GradScaler skipped inside "
             "the clock)"
         )
+    if r.telemetry:
+        lines += [f"  telemetry     {line}" for line in describe_telemetry(r.telemetry)]
     lines += [f"  warning: {w}" for w in r.warnings]
     return "\n".join(lines)
 

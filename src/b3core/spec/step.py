@@ -274,6 +274,25 @@ class Timing(Record):
         ),
     )
 
+    telemetry: bool = field(
+        default=True,
+        metadata=option(
+            "--no-telemetry",
+            action="store_false",
+            help="do not sample clocks, power, CPU steal and outside load during the timed "
+            "region (on by default; see README, 'Telemetry')",
+        ),
+    )
+    discard_throttled: bool = field(
+        default=False,
+        metadata=option(
+            "--discard-throttled",
+            action="store_true",
+            help="drop timed samples taken while the GPU reported thermal or power throttling "
+            "(needs NVML: pip install b3core[nvml])",
+        ),
+    )
+
     def __post_init__(self) -> None:
         require_positive_int("repeats", self.repeats)
         if self.warmup < MIN_WARMUP:
@@ -283,3 +302,5 @@ class Timing(Record):
             require_positive_int("block steps", self.block_steps)
             if self.clock == "per-step" and self.block_steps != 1:
                 raise B3Error("--block-steps needs --clock blocked")
+        if self.discard_throttled and not self.telemetry:
+            raise B3Error("--discard-throttled needs telemetry (drop --no-telemetry)")

@@ -77,7 +77,8 @@ class _Inference(_Step):
 class _TrainCost:
     """b3's own measurement, one per case, through the runner with the blocked clock: the
     time per training sample (the inverse of b3's total-samples-over-total-time throughput)
-    and peak memory (CUDA's max allocated; on CPU, the process's RSS growth). asv keeps one
+    peak memory (CUDA's max allocated; on CPU, the tensors' peak), whether telemetry found the
+    run contended, and energy per sample. asv keeps one
     value per track_* (the last round's), so the measurement is twice b3's default length."""
 
     grid: CaseGrid
@@ -100,6 +101,20 @@ class _TrainCost:
         return self.result.memory.peak_bytes
 
     track_peak_memory.unit = "bytes"
+
+    def track_contended(self, model, batch_size, precision):
+        """1 when telemetry saw CPU steal, outside load or GPU throttling in the timed region:
+        that commit's figures are suspect, not necessarily slower."""
+        return float(self.result.contended)
+
+    track_contended.unit = "contended"
+
+    def track_joules_per_sample(self, model, batch_size, precision):
+        """Energy per training sample where a counter exists (NVML, RAPL); n/a elsewhere."""
+        energy = (self.result.telemetry or {}).get("energy", {})
+        return next((e["j_per_sample"] for e in energy.values() if "j_per_sample" in e), None)
+
+    track_joules_per_sample.unit = "joules"
 
 
 def step_benchmarks(**case_options) -> tuple[type, type, type]:

@@ -193,6 +193,7 @@ def extra_info(result) -> dict:
         "device_name": result.device_name,
         "model_identity": result.workload.identity if result.workload else None,
         "warnings": result.warnings,
+        "contended": result.contended,
     }
 
 
