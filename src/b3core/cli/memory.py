@@ -14,6 +14,7 @@ from b3core.cli.options import (
 )
 from b3core.errors import B3Error
 from b3core.spec.step import StepSpec
+from b3core.studies.finder import SEARCHES
 
 # What is trained; the batch size is what these commands search or vary.
 NOT_OPTIONS = ("batch_size", "mode")
@@ -39,10 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--safety-margin", type=float, default=0.10)
     p.add_argument(
-        "--fit-sizes",
-        type=batch_size_list,
-        default=[8, 16, 32, 64],
-        help="batch sizes for the memory model's prediction",
+        "--search",
+        choices=SEARCHES,
+        default="guided",
+        help="guided: fit the memory model on a few sizes, probe its prediction, step to the "
+        "edge (about 5 probes when memory is linear); bisect: double, then bisect",
     )
     p.add_argument("--json", metavar="PATH")
     p.set_defaults(func=cmd_find_max_batch)
@@ -65,37 +67,35 @@ def default_cpu_budget() -> int:
 
 def cmd_find_max_batch(args: argparse.Namespace) -> int:
     from b3core.measuring.machine import machine_record
-    from b3core.studies.finder import find_max_batch, fit_memory_model
-    from b3core.studies.memory_model import prediction_error
+    from b3core.measuring.memory import check_budget, device_capacity
+    from b3core.studies.finder import find_max_batch
     from b3core.workloads.devices import resolve_device
 
     spec = spec_from_args(args, batch_size=args.start, mode="train")
     device = resolve_device(spec.device)
     budget = args.memory_budget
+    check_budget(device, budget)
     if budget is None and device.type != "cuda":
         budget = default_cpu_budget()
         print(f"no --memory-budget: using a quarter of available memory, {budget / 2**20:.0f} MiB")
     print(
         f"finding the largest batch for {spec.model} ({spec.precision}) on {device}"
-        + (f" within {budget / 2**20:.0f} MiB" if budget else ""),
+        + (f" within {budget / 2**20:.0f} MiB" if budget else "")
+        + f" ({args.search} search)",
         flush=True,
     )
-    fitted = fit_memory_model(
-        spec,
-        args.fit_sizes,
-        memory_budget=budget,
-        isolate=args.isolate,
-        nproc_per_node=args.nproc_per_node,
-    )
-    fit = fitted.fit if fitted else None
-    target = budget or (
-        machine_record()["gpus"][0]["memory_bytes"] if device.type == "cuda" else None
-    )
-    predicted = fit.max_batch_for(target) if fit and target and fit.per_sample_bytes > 0 else None
 
     def show(probe) -> None:
-        what = f"fits, peak {probe.peak_bytes / 2**20:.0f} MiB" if probe.fits else probe.reason
-        print(f"  probe batch {probe.batch_size:>6}: {what} ({probe.seconds:.1f} s)", flush=True)
+        if probe.fits:
+            what = f"fits, peak {probe.peak_bytes / 2**20:.0f} MiB"
+            if probe.limit_bytes != probe.peak_bytes:
+                what += f" ({probe.limit_bytes / 2**20:.0f} MiB reserved)"
+        else:
+            what = probe.reason
+        print(
+            f"  probe batch {probe.batch_size:>6} ({probe.phase}): {what} ({probe.seconds:.1f} s)",
+            flush=True,
+        )
 
     result = find_max_batch(
         spec,
@@ -106,34 +106,42 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
         safety_margin=args.safety_margin,
         on_probe=show,
         nproc_per_node=args.nproc_per_node,
+        search=args.search,
+        capacity_bytes=device_capacity(device) if device.type == "cuda" else None,
     )
+    for note in result.notes:
+        print(f"  note: {note}")
     if result.max_batch == 0:
         print("not even batch 1 fits")
     else:
         edge = "reached --limit" if result.hit_limit else "exact edge"
         print(f"largest batch that fits: {result.max_batch} ({edge}, {len(result.probes)} probes)")
         print(f"recommended: {result.recommended} (safety margin {args.safety_margin:.0%})")
-    payload = result.to_dict()
+    fit = result.first_fit
     if fit:
+        what = "reserved" if device.type == "cuda" else "peak"
         print(
-            f"memory model: M(B) = {fit.fixed_bytes / 2**20:.1f} MiB + "
-            f"{fit.per_sample_bytes / 2**20:.3f} MiB x B, from batches {list(fit.batch_sizes)}"
+            f"memory model (first fit, {what} memory): M(B) = {fit.fixed_bytes / 2**20:.1f} MiB + "
+            f"{fit.per_sample_bytes / 2**20:.4f} MiB x B, from batches {list(fit.batch_sizes)}"
         )
-        payload["memory_fit"] = fit.to_dict()
-        analytic = fitted.analytic
+        shares = ", ".join(f"{b}: {r:+.1%}" for b, r in sorted(result.residuals.items()))
+        print(f"  residuals (measured - fitted, share of the peak): {shares}")
+    if result.first_prediction is not None:
+        error = result.prediction_error
+        print(
+            f"predicted largest batch: {result.first_prediction}"
+            + (f" (error {error:+.1%} against the edge found)" if error is not None else "")
+        )
+    payload = result.to_dict()
+    if result.parameters:
+        from b3core.studies.memory_model import analytic_fixed_memory
+
+        analytic = analytic_fixed_memory(result.parameters, spec.optimizer)
         payload["analytic_fixed_memory"] = analytic.to_dict()
         print(
             f"analytic fixed part: {analytic.total_bytes / 2**20:.1f} MiB "
             f"(weights, gradients and {spec.optimizer} state)"
         )
-    if predicted is not None:
-        payload["predicted_max_batch"] = predicted
-        if result.max_batch and not result.hit_limit:
-            error = prediction_error(predicted, result.max_batch)
-            payload["prediction_error"] = error
-            print(f"predicted largest batch: {predicted} (error {error:+.1%} against the search)")
-        else:
-            print(f"predicted largest batch: {predicted}")
     if args.json:
         write_json(args.json, {**payload, "machine": machine_record()})
     return 0

@@ -227,6 +227,26 @@ def parse_memory_size(text: str) -> int:
     return int(value)
 
 
+def device_capacity(device: torch.device) -> int:
+    """The memory a budget on this device is measured against: the GPU's, else the host's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return physical_memory()
+
+
+def check_budget(device: torch.device, budget_bytes: int | None) -> None:
+    """A budget the device cannot hold is the user's mistake, not a search to run."""
+    if budget_bytes is None:
+        return
+    capacity = device_capacity(device)
+    if budget_bytes > capacity:
+        where = "this GPU" if device.type == "cuda" else "this machine"
+        raise B3Error(
+            f"memory budget {budget_bytes / 2**30:.2f} GiB is more than {where} has "
+            f"({capacity / 2**30:.2f} GiB)"
+        )
+
+
 class MemoryBudget:
     """Caps the memory a step may use, so that the OOM paths run (and are tested) on CPU too.
 
@@ -237,6 +257,7 @@ class MemoryBudget:
 
     def __init__(self, device: torch.device, budget_bytes: int | None):
         self.device, self.budget_bytes = device, budget_bytes
+        check_budget(device, budget_bytes)
         if device.type == "cuda":
             # The cap is process-wide: set it every time, so an earlier budget never lingers.
             total = torch.cuda.get_device_properties(device).total_memory

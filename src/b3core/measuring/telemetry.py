@@ -59,7 +59,9 @@ def load_nvml():
     try:
         import pynvml
     except ImportError:
-        raise Unavailable("the nvidia-ml-py package is not installed (pip install b3core[nvml])")
+        raise Unavailable(
+            "the nvidia-ml-py package is not installed (pip install b3core[nvml])"
+        ) from None
     try:
         pynvml.nvmlInit()
     except Exception as exc:  # noqa: BLE001 - NVMLError's subclasses vary by driver
@@ -389,10 +391,9 @@ class TelemetrySampler:
                 )
         gpu = next((s for s in self.sources if s.prefix == "gpu"), None)
         if gpu is not None:
-            reasons = sorted(
-                {name for _, s in self.samples["gpu"] for name in _throttle_names(s["event_reasons"])}
-            )
-            throttled = sum(bool(_throttle_names(s["event_reasons"])) for _, s in self.samples["gpu"])
+            named = [_throttle_names(s["event_reasons"]) for _, s in self.samples["gpu"]]
+            reasons = sorted({name for names in named for name in names})
+            throttled = sum(bool(names) for names in named)
             record["gpu"] = {
                 "clocks_locked": gpu.locked,
                 "throttled_samples": throttled,

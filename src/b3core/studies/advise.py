@@ -87,6 +87,8 @@ def advise(
         predicted = memory_fit.max_batch_for(memory_budget)
         largest_safe = int(predicted * (1 - safety_margin))
         source = "predicted by the memory model, with margin"
+        stretch = memory_fit.extrapolation_note(predicted)
+        source += f"; {stretch}" if stretch else ""
     else:
         largest_safe, source = None, "unknown: run find-max-batch or give --memory-budget"
 

@@ -13,6 +13,9 @@ from scipy import stats as sps
 # Extra fp32 tensors per parameter that each optimizer keeps (Adam: two moments; SGD: momentum).
 OPTIMIZER_STATES = {"adam": 2, "sgd": 1}
 FP32_BYTES = 4
+# A prediction past this multiple of the largest batch measured is an extrapolation the fit
+# cannot vouch for (activation memory is linear only for the sizes measured): b3 says so.
+EXTRAPOLATION_LIMIT = 4.0
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,33 @@ class MemoryFit:
             raise ValueError("the fit found no per-sample memory: measure wider batch sizes")
         return max(0, math.floor((budget_bytes - self.fixed_bytes) / self.per_sample_bytes))
 
+    @property
+    def residuals(self) -> tuple[float, ...]:
+        """Measured minus fitted peak, in bytes, at each size."""
+        return tuple(p - self.predict(b) for b, p in zip(self.batch_sizes, self.peak_bytes))
+
+    @property
+    def max_residual_share(self) -> float:
+        """The largest residual as a share of its measured peak."""
+        return max(abs(r) / p for r, p in zip(self.residuals, self.peak_bytes) if p)
+
+    def extrapolation_note(self, batch_size: int) -> str | None:
+        """A warning when batch_size lies past EXTRAPOLATION_LIMIT x the largest size measured."""
+        largest = max(self.batch_sizes)
+        if batch_size <= EXTRAPOLATION_LIMIT * largest:
+            return None
+        return (
+            f"extrapolated {batch_size / largest:.0f}x past the largest batch measured "
+            f"({largest}; the fit vouches for {EXTRAPOLATION_LIMIT:g}x): run find-max-batch, "
+            "or fit on larger sizes"
+        )
+
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {
+            **self.__dict__,
+            "residual_bytes": list(self.residuals),
+            "max_residual_share": self.max_residual_share,
+        }
 
 
 def fit_memory(batch_sizes: Sequence[int], peak_bytes: Sequence[int]) -> MemoryFit:
