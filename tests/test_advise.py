@@ -50,6 +50,9 @@ def test_memory_model_predicts_the_safe_batch_when_no_search_ran():
     fit = fit_memory([16, 32], [1000 + 10 * 16, 1000 + 10 * 32])
     advice = advise(sweep_with(RATES), memory_fit=fit, memory_budget=1000 + 10 * 100)
     assert advice.largest_safe == 90 and "predicted" in advice.largest_safe_source
+    assert "extrapolated" not in advice.largest_safe_source  # 100 is within 4x of 32
+    far = advise(sweep_with(RATES), memory_fit=fit, memory_budget=1000 + 10 * 1000)
+    assert "extrapolated 31x past the largest batch measured (32" in far.largest_safe_source
 
 
 def test_learning_rate_and_accumulation_for_the_chosen_batch():

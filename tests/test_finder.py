@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,12 +13,85 @@ from b3core.studies.finder import find_max_batch
 SPEC = StepSpec("simple_cnn", 1, device="cpu")
 
 
+def linear_device(fixed: int, per_sample: int, budget: int, *, bend: float = 0.0, calls=None):
+    """A device whose step takes fixed + per_sample * B bytes (times (1 + bend * B / 1000):
+    a memory that grows faster than the model's line), and fails above the budget."""
+
+    def probe(spec, timing, *, isolate, memory_budget, nproc_per_node=None):
+        b = spec.batch_size
+        peak = int((fixed + per_sample * b) * (1 + bend * b / 1000))
+        if calls is not None:
+            calls.append(b)
+        if peak > budget:
+            raise StepOutOfMemory(spec.label, "fake OOM")
+        return SimpleNamespace(memory=PeakMemory(peak, None, "fake"), workload=None)
+
+    return probe
+
+
+def edge_of(fixed, per_sample, budget, bend=0.0):
+    b = 1
+    while int((fixed + per_sample * (b + 1)) * (1 + bend * (b + 1) / 1000)) <= budget:
+        b += 1
+    return b
+
+
+@pytest.mark.parametrize(
+    "fixed, per_sample, budget",
+    [(10**6, 200_000, 2**30), (30 * 2**20, 1_400_000, 2**30), (5 * 2**20, 30_000, 2**28)],
+)
+def test_guided_search_finds_a_linear_edge_in_at_most_six_probes(monkeypatch, fixed, per_sample,
+                                                                 budget):  # fmt: skip
+    monkeypatch.setattr(finder, "measure_maybe_isolated", linear_device(fixed, per_sample, budget))
+    result = find_max_batch(SPEC, memory_budget=budget)
+    edge = edge_of(fixed, per_sample, budget)
+    assert result.max_batch == edge and not result.notes
+    assert len(result.probes) <= 6
+    assert abs(result.prediction_error) <= 0.05
+    tried = {p.batch_size: p.fits for p in result.probes}
+    assert tried[edge] and not tried[edge + 1]
+    assert [p.phase for p in result.probes][:2] == ["fit", "fit"]
+
+
+@pytest.mark.parametrize("bend", [0.05, -0.02, 0.5])
+def test_guided_search_stays_exact_when_the_model_misses(monkeypatch, bend):
+    """Memory that bends away from the line: the prediction misses, the search says so,
+    gallops and bisects, and the edge is still exact."""
+    fixed, per_sample, budget = 10**6, 200_000, 2**30
+    monkeypatch.setattr(
+        finder, "measure_maybe_isolated", linear_device(fixed, per_sample, budget, bend=bend)
+    )
+    result = find_max_batch(SPEC, memory_budget=budget)
+    edge = edge_of(fixed, per_sample, budget, bend)
+    assert result.max_batch == edge
+    tried = {p.batch_size: p.fits for p in result.probes}
+    assert tried[edge] and not tried[edge + 1]
+    assert len(tried) == len(result.probes)  # no size probed twice
+    assert any("missed" in note for note in result.notes)
+    assert len(result.probes) < 26  # still fewer than doubling and bisection took
+
+
+def test_guided_search_falls_back_when_the_second_size_does_not_fit(monkeypatch):
+    monkeypatch.setattr(finder, "measure_maybe_isolated", linear_device(10**6, 10**6, 20 * 10**6))
+    result = find_max_batch(SPEC, memory_budget=20 * 10**6)
+    assert result.max_batch == 19
+    assert any("doubling and bisection" in note for note in result.notes)
+
+
+def test_the_bisecting_search_is_still_there(monkeypatch):
+    monkeypatch.setattr(finder, "measure_maybe_isolated", linear_device(10**6, 200_000, 2**30))
+    result = find_max_batch(SPEC, memory_budget=2**30, search="bisect")
+    assert result.max_batch == edge_of(10**6, 200_000, 2**30) and len(result.probes) > 20
+    assert result.first_prediction is None
+
+
 def fake_device(edge: int, calls: list):
     """A device on which batches up to `edge` fit; records each probe's warm-up length."""
 
     class Fake:
         def __init__(self, b):
             self.memory = PeakMemory(b * 1000, None, "fake")
+            self.workload = None
 
     def probe(spec, timing, *, isolate, memory_budget, nproc_per_node=None):
         calls.append((spec.batch_size, timing.warmup + timing.repeats))
@@ -97,7 +171,10 @@ def test_cli_find_max_batch_reports_probes_prediction_and_json(tmp_path, capsys)
     assert "predicted largest batch" in printed and "error" in printed
     payload = json.loads(out.read_text())
     assert payload["recommended"] == int(payload["max_batch"] * 0.9)
-    assert payload["memory_fit"]["per_sample_bytes"] > 0 and "machine" in payload
+    assert payload["first_fit"]["per_sample_bytes"] > 0 and "machine" in payload
+    assert len(payload["probes"]) <= 6 and abs(payload["prediction_error"]) <= 0.05
+    probed = {p["batch_size"]: p["fits"] for p in payload["probes"]}
+    assert probed[payload["max_batch"]] and not probed[payload["max_batch"] + 1]
 
 
 def test_cli_memory_compares_fit_with_analytic(capsys):

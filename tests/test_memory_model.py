@@ -45,3 +45,14 @@ def test_measured_fit_on_cpu_is_linear_and_near_the_analytic_size():
     assert fit.per_sample_bytes > 0
     # allocator slack and the workspace make the intercept noisy: a factor of 4 either way
     assert analytic / 4 < fit.fixed_bytes < analytic * 4
+
+
+def test_the_fit_reports_its_residuals_and_flags_far_extrapolation():
+    fit = fit_memory([10, 20, 40], [1_100, 2_000, 4_100])
+    assert sum(fit.residuals) == pytest.approx(0, abs=1e-6) and fit.max_residual_share > 0.01
+    exact = fit_memory([10, 20, 40], [1_000 + 100 * b for b in (10, 20, 40)])
+    assert exact.max_residual_share == pytest.approx(0, abs=1e-9)
+    assert fit.to_dict()["residual_bytes"] == list(fit.residuals)
+    assert fit.extrapolation_note(160) is None  # 4x the largest size measured
+    note = fit.extrapolation_note(400)
+    assert note and "10x past the largest batch measured (40" in note

@@ -75,7 +75,7 @@ def nvml_handle(device: torch.device):
     nvml = load_nvml()
     try:
         bus_id = torch.cuda.get_device_properties(device).pci_bus_id
-    except (AttributeError, RuntimeError):
+    except Exception:  # noqa: BLE001 - older torch has no pci_bus_id; no CUDA here
         bus_id = None
     try:
         if bus_id:

@@ -226,15 +226,14 @@ class _Search:
 
     def double_and_bisect(self, start: int) -> None:
         batch = start
-        if self.high is None:
-            if self.fits(batch, "double"):
-                while batch < self.limit and self.high is None:
-                    batch = min(batch * 2, self.limit)
-                    self.fits(batch, "double")
-            else:
-                while batch > 1 and self.low == 0:
-                    batch //= 2
-                    self.fits(batch, "double")
+        if self.fits(batch, "double"):
+            while batch < self.limit and self.high is None:
+                batch = min(batch * 2, self.limit)
+                self.fits(batch, "double")
+        else:
+            while batch > 1 and self.low == 0:
+                batch //= 2
+                self.fits(batch, "double")
         self.bisect()
 
     def bisect(self) -> None:
@@ -242,9 +241,9 @@ class _Search:
             while not self.bracketed():
                 self.fits((self.low + self.high) // 2, "bisect")
 
-    def fallback(self, why: str) -> None:
+    def fallback(self, why: str, start: int) -> None:
         self.result.notes.append(f"{why}: doubling and bisection instead")
-        self.double_and_bisect(max(1, self.low))
+        self.double_and_bisect(self.low or start)
 
     # -- the guided search
 
@@ -287,10 +286,12 @@ class _Search:
         result = self.result
         second = min(self.limit, start * FIRST_FIT_SPREAD)
         if not self.fits(start, "fit") or second == start or not self.fits(second, "fit"):
-            return self.fallback("the first two sizes did not both fit")
+            return self.fallback("the first two sizes did not both fit", start)
         rough = self.predict(within_reach=False)
         if rough is None:
-            return self.fallback("no memory model to follow (no budget, or no growth per sample)")
+            return self.fallback(
+                "no memory model to follow (no budget, or no growth per sample)", start
+            )
         if rough // 2 > second:
             self.fits(rough // 2, "fit")
         result.first_fit = self.fit()
