@@ -1,6 +1,7 @@
 """Telemetry (measuring/telemetry.py) and exact memory (measuring/memory.py). NVML is replaced
 by a small fake at the module boundary (load_nvml): no GPU runs in CI."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -266,3 +267,20 @@ def test_cuda_peak_memory_reports_the_allocator_slack_and_what_it_bounds():
     assert memory.fragmentation_bytes == 200 and memory.limit_bytes == 1000
     assert PeakMemory(800, None, "cpu_tensor_peak").limit_bytes == 800
     assert memory.to_dict()["fragmentation_bytes"] == 200
+
+
+def test_asv_and_pytest_benchmark_carry_the_contended_mark():
+    from b3core.suites.asv_suite import _TrainCost
+    from b3core.suites.pytest_plugin import extra_info
+
+    contended = {"contended": True, "contention": ["the hypervisor stole 9% of CPU time"],
+                 "energy": {"gpu": {"joules": 5.0, "j_per_sample": 0.5}}}  # fmt: skip
+    result = measure(StepSpec("simple_cnn", 4, device=CPU), Timing(repeats=2))
+    result = dataclasses.replace(result, telemetry=contended)
+    bench = _TrainCost()
+    bench.result = result
+    assert bench.track_contended("simple_cnn", 4, "fp32") == 1.0
+    assert bench.track_joules_per_sample("simple_cnn", 4, "fp32") == 0.5
+    info = extra_info(result)
+    assert info["contended"] is True
+    assert "contended: the hypervisor stole 9% of CPU time" in info["warnings"]
