@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from b3core.measuring.telemetry import gpu_state
+
 
 def _cpu_name() -> str:
     cpuinfo = Path("/proc/cpuinfo")
@@ -74,6 +76,8 @@ def machine_record() -> dict:
                     "memory_bytes": props.total_memory,
                     "capability": f"{props.major}.{props.minor}",
                     "multiprocessors": props.multi_processor_count,
+                    # power limit, application clocks, persistence mode, clock locks (NVML)
+                    **gpu_state(torch.device("cuda", index)),
                 }
             )
         record["driver"] = _nvidia_driver()
