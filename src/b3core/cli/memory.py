@@ -119,10 +119,16 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
         print(f"recommended: {result.recommended} (safety margin {args.safety_margin:.0%})")
     fit = result.first_fit
     if fit:
-        what = "reserved" if device.type == "cuda" else "peak"
         print(
-            f"memory model (first fit, {what} memory): M(B) = {fit.fixed_bytes / 2**20:.1f} MiB + "
-            f"{fit.per_sample_bytes / 2**20:.4f} MiB x B, from batches {list(fit.batch_sizes)}"
+            f"memory model (first fit, peak tensor memory): M(B) = {fit.fixed_bytes / 2**20:.1f} "
+            f"MiB + {fit.per_sample_bytes / 2**20:.4f} MiB x B, from batches "
+            f"{list(fit.batch_sizes)}"
+            + (
+                f"; predicted against the budget less the allocator's slack, "
+                f"{result.slack_bytes / 2**20:.0f} MiB"
+                if result.slack_bytes
+                else ""
+            )
         )
         shares = ", ".join(f"{b}: {r:+.1%}" for b, r in sorted(result.residuals.items()))
         print(f"  residuals (measured - fitted, share of the peak): {shares}")

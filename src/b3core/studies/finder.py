@@ -64,6 +64,7 @@ class FindMaxResult:
     first_prediction: int | None = None
     notes: list[str] = field(default_factory=list)
     parameters: int | None = None  # the model's, from the probes
+    slack_bytes: int = 0  # the allocator's smallest reserved - allocated, left out of the budget
 
     @property
     def recommended(self) -> int:
@@ -87,9 +88,9 @@ class FindMaxResult:
         if self.first_fit is None:
             return {}
         return {
-            p.batch_size: (p.limit_bytes - self.first_fit.predict(p.batch_size)) / p.limit_bytes
+            p.batch_size: (p.peak_bytes - self.first_fit.predict(p.batch_size)) / p.peak_bytes
             for p in self.probes
-            if p.fits and p.limit_bytes
+            if p.fits and p.peak_bytes
         }
 
     def to_dict(self) -> dict:
@@ -98,6 +99,7 @@ class FindMaxResult:
             "memory_budget": self.memory_budget,
             "search": self.search,
             "first_fit_residual_shares": self.residuals,
+            "slack_bytes": self.slack_bytes,
             "max_batch": self.max_batch,
             "recommended": self.recommended,
             "safety_margin": self.safety_margin,
@@ -249,19 +251,26 @@ class _Search:
 
     def budget(self) -> int | None:
         """What the fit predicts against: the budget (on CUDA a cap on the allocator's
-        reserved memory), else the device's capacity less what it holds outside torch."""
-        if self.result.memory_budget:
-            return self.result.memory_budget
-        if self.capacity_bytes:
-            return self.capacity_bytes - self.outside_torch_bytes
-        return None
+        reserved memory), else the device's capacity less what it holds outside torch (the
+        CUDA context, other processes); less the allocator's slack (reserved - allocated) at
+        its smallest seen, which the allocator keeps even when it frees its cache at the cap."""
+        total = self.result.memory_budget
+        if not total and self.capacity_bytes:
+            total = self.capacity_bytes - self.outside_torch_bytes
+        if not total:
+            return None
+        fitted = [p for p in self.known.values() if p.fits]
+        self.result.slack_bytes = min((p.limit_bytes - p.peak_bytes for p in fitted), default=0)
+        return total - self.result.slack_bytes
 
     def fit(self) -> MemoryFit | None:
-        """The memory model on the largest sizes that fit (the sizes that matter)."""
+        """The memory model on the largest sizes that fit (the sizes that matter), fitted to the
+        tensors' peak: on CUDA the reserved peak is not linear in the batch (the caching
+        allocator keeps freed blocks, and gives them back when a cap is near)."""
         sizes = sorted(b for b, p in self.known.items() if p.fits)[-FIT_POINTS:]
         if len(sizes) < 2:
             return None
-        fit = fit_memory(sizes, [self.known[b].limit_bytes for b in sizes])
+        fit = fit_memory(sizes, [self.known[b].peak_bytes for b in sizes])
         return fit if fit.per_sample_bytes > 0 else None
 
     def predict(self, *, within_reach: bool = True) -> int | None:
