@@ -429,3 +429,64 @@ def require_throttle_readings(device: torch.device) -> None:
         nvml_handle(device)
     except Unavailable as why:
         raise B3Error(f"--discard-throttled needs NVML: {why}") from None
+
+
+def merge_summaries(records: list[dict | None]) -> dict | None:
+    """One summary for a configuration timed in several passes (a sweep's): sums of time,
+    samples and energy, min of minima and max of maxima, the median of the passes' medians,
+    time-weighted CPU shares, and contended if any pass was."""
+    records = [r for r in records if r]
+    if len(records) <= 1:
+        return records[0] if records else None
+    seconds = [r["seconds"] for r in records]
+    merged: dict = {
+        "interval_s": records[0]["interval_s"],
+        "seconds": sum(seconds),
+        "passes": len(records),
+        "samples": {},
+        "signals": {},
+        "energy": {},
+        "unavailable": {k: v for r in records for k, v in r["unavailable"].items()},
+        "warnings": list(dict.fromkeys(w for r in records for w in r["warnings"])),
+        "contention": list(dict.fromkeys(c for r in records for c in r["contention"])),
+    }
+    for r in records:
+        for prefix, n in r["samples"].items():
+            merged["samples"][prefix] = merged["samples"].get(prefix, 0) + n
+    for key in dict.fromkeys(k for r in records for k in r["signals"]):
+        parts = [r["signals"][key] for r in records if key in r["signals"]]
+        merged["signals"][key] = {
+            "min": min(p["min"] for p in parts),
+            "median": statistics.median(p["median"] for p in parts),
+            "max": max(p["max"] for p in parts),
+        }
+    if all("cpu" in r for r in records):
+        merged["cpu"] = {
+            key: sum(r["cpu"][key] * s for r, s in zip(records, seconds)) / sum(seconds)
+            for key in records[0]["cpu"]
+        }
+    for source in dict.fromkeys(k for r in records for k in r["energy"]):
+        parts = [r["energy"].get(source, {}) for r in records]
+        if all("j_per_sample" in p for p in parts):
+            joules = sum(p["joules"] for p in parts)
+            samples = sum(p["joules"] / p["j_per_sample"] for p in parts if p["j_per_sample"])
+            merged["energy"][source] = {
+                "joules": joules,
+                "j_per_sample": joules / samples if samples else None,
+                "method": parts[0]["method"],
+            }
+        else:
+            merged["energy"][source] = next((p for p in parts if "unavailable" in p), parts[0])
+    if all("gpu" in r for r in records):
+        merged["gpu"] = {
+            "clocks_locked": records[0]["gpu"]["clocks_locked"],
+            "throttled_samples": sum(r["gpu"]["throttled_samples"] for r in records),
+            "throttle_reasons": sorted({x for r in records for x in r["gpu"]["throttle_reasons"]}),
+        }
+    discarded = [
+        r["discarded_throttled_blocks"] for r in records if "discarded_throttled_blocks" in r
+    ]
+    if discarded:
+        merged["discarded_throttled_blocks"] = sum(discarded)
+    merged["contended"] = any(r["contended"] for r in records)
+    return merged

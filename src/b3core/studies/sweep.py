@@ -20,6 +20,7 @@ from b3core.errors import B3Error, StepOutOfMemory
 from b3core.measuring.isolation import measure_maybe_isolated
 from b3core.measuring.result import StepResult
 from b3core.measuring.stats import Measurement
+from b3core.measuring.telemetry import merge_summaries
 from b3core.spec.step import StepSpec, Timing
 from b3core.studies import log_file
 from b3core.studies.memory_model import MemoryFit, fit_memory
@@ -240,6 +241,7 @@ def aggregate(records: Iterable[dict]) -> SweepResult:
                 first.warmup,
                 first.workload,
                 sum(r.skipped_steps for r in measured),
+                telemetry=merge_summaries([r.telemetry for r in measured]),
             )
         )
     return result
