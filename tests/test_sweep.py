@@ -51,6 +51,7 @@ def test_sweep_merges_passes_and_records_oom_then_goes_on(tmp_path):
     train = {r.spec.batch_size: r for r in result.for_mode("train")}
     assert set(train) == {4, 8}
     assert all(r.measurement.time.n == 4 for r in train.values())  # 2 passes x 2 repeats
+    assert all(r.telemetry["passes"] == 2 for r in train.values())  # each pass's telemetry kept
     assert ("train", 4096) in result.failures and "budget" in result.failures[("train", 4096)]
     _, records = read_log(tmp_path / LOG_NAME)
     oom_units = [k for k, r in records.items() if "oom" in r and k[1] == 4096]

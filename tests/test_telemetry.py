@@ -284,3 +284,38 @@ def test_asv_and_pytest_benchmark_carry_the_contended_mark():
     info = extra_info(result)
     assert info["contended"] is True
     assert "contended: the hypervisor stole 9% of CPU time" in info["warnings"]
+
+
+def test_a_sweeps_passes_merge_into_one_summary():
+    def record(seconds, steal, joules, per_sample, contended):
+        return {
+            "interval_s": 0.05, "seconds": seconds, "samples": {"cpu": 10},
+            "signals": {"cpu.load_average_1min": {"min": steal, "median": steal, "max": steal}},
+            "energy": {"cpu": {"joules": joules, "j_per_sample": per_sample, "method": "RAPL"}},
+            "unavailable": {}, "warnings": [], "cpu": {"steal_share": steal,
+            "outside_load_cores": 0.0}, "contended": contended,
+            "contention": ["the hypervisor stole 20% of CPU time"] if contended else [],
+        }  # fmt: skip
+
+    merged = telemetry.merge_summaries(
+        [record(1.0, 0.0, 10.0, 0.1, False), record(3.0, 0.2, 30.0, 0.3, True)]
+    )
+    assert merged["seconds"] == 4.0 and merged["passes"] == 2
+    assert merged["cpu"]["steal_share"] == pytest.approx(0.15)  # weighted by time
+    assert merged["signals"]["cpu.load_average_1min"] == {"min": 0.0, "median": 0.1, "max": 0.2}
+    assert merged["energy"]["cpu"]["joules"] == 40.0
+    assert merged["energy"]["cpu"]["j_per_sample"] == pytest.approx(40.0 / 200)  # 100 + 100
+    assert merged["contended"] and merged["contention"] == ["the hypervisor stole 20% of CPU time"]
+    assert telemetry.merge_summaries([None]) is None
+
+
+def test_discarding_throttled_blocks_drops_those_and_counts_them():
+    from b3core.measuring.runner import _drop_throttled
+
+    throttled_spans = {(1.0, 2.0), (3.0, 4.0)}
+    sampler = SimpleNamespace(throttled_during=lambda a, b: (a, b) in throttled_spans)
+    spans = [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)]
+    times, rank_times, dropped = _drop_throttled(sampler, spans, [0.1, 0.5, 0.2, 0.6], None)
+    assert times == [0.1, 0.2] and dropped == 2 and rank_times is None
+    everything = SimpleNamespace(throttled_during=lambda a, b: True)
+    assert _drop_throttled(everything, spans, [1, 2, 3, 4], None) == ([1, 2, 3, 4], None, 0)

@@ -172,9 +172,11 @@ def cmd_memory(args: argparse.Namespace) -> int:
         f"({analytic.parameters:,} parameters: weights, gradients and {spec.optimizer} state)"
     )
     if args.memory_budget:
+        predicted = fit.max_batch_for(args.memory_budget)
+        stretch = fit.extrapolation_note(predicted)
         print(
-            f"predicted largest batch within {args.memory_budget / 2**20:.0f} MiB: "
-            f"{fit.max_batch_for(args.memory_budget)}"
+            f"predicted largest batch within {args.memory_budget / 2**20:.0f} MiB: {predicted}"
+            + (f" ({stretch})" if stretch else "")
         )
     if args.json:
         from b3core.measuring.machine import machine_record

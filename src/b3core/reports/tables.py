@@ -277,6 +277,8 @@ def describe_step_result(r: StepResult) -> str:
         what = "cuDNN autotuning, allocator growth" + (", optimizer state" if train else "")
         if r.spec.compile:
             what = "torch.compile's compilation included"
+        if r.memory.source == "cpu_tensor_peak":
+            what += "; memory profiled until the last warm-up step"
         lines.append(
             f"  warm-up       {warm.steps} steps, not in the statistics; first step "
             f"{format_time(warm.first_call_s)} ({what})"
