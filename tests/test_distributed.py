@@ -342,7 +342,7 @@ net.b3_input_shape = (3, 4, 4)
 def test_the_finder_under_ddp_needs_the_batch_to_fit_on_every_rank(tmp_path):
     (tmp_path / "lopsided.py").write_text(HEAVY_ON_RANK_ONE)
     common = ["--model", "lopsided:net", "--device", "cpu", "--nproc-per-node", "2",
-              "--start", "2", "--limit", "4", "--fit-sizes", "2,4"]  # fmt: skip
+              "--start", "2", "--limit", "4"]  # fmt: skip
     out = tmp_path / "roomy.json"
     roomy = b3("find-max-batch", *common, "--memory-budget", "1G", "--json", str(out),
                pythonpath=tmp_path)  # fmt: skip

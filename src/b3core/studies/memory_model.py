@@ -43,7 +43,7 @@ class MemoryFit:
     @property
     def max_residual_share(self) -> float:
         """The largest residual as a share of its measured peak."""
-        return max(abs(r) / p for r, p in zip(self.residuals, self.peak_bytes) if p)
+        return max((abs(r) / p for r, p in zip(self.residuals, self.peak_bytes) if p), default=0.0)
 
     def extrapolation_note(self, batch_size: int) -> str | None:
         """A warning when batch_size lies past EXTRAPOLATION_LIMIT x the largest size measured."""
