@@ -28,7 +28,7 @@ SAMPLE_INTERVAL_S = 0.05
 # Beyond these, a measurement is marked contended: the hypervisor took more than this share of
 # the CPU time, or other processes kept this many cores busy, during the timed region.
 STEAL_LIMIT = 0.05
-OUTSIDE_LOAD_LIMIT_CORES = 0.5
+OUTSIDE_LOAD_LIMIT_CORES = 0.25
 # NVML's clocks-event reasons that slow the GPU down for heat or power (not idling, not a
 # user's clock setting): the "throttled" of --discard-throttled.
 THROTTLE_REASONS = {
