@@ -320,3 +320,35 @@ def test_discarding_throttled_blocks_drops_those_and_counts_them():
     assert times == [0.1, 0.2] and dropped == 2 and rank_times is None
     everything = SimpleNamespace(throttled_during=lambda a, b: True)
     assert _drop_throttled(everything, spans, [1, 2, 3, 4], None) == ([1, 2, 3, 4], None, 0)
+
+
+def test_the_runner_drops_throttled_blocks_and_charges_energy_to_every_timed_sample(monkeypatch):
+    """--discard-throttled through measure(), with a sampler that reports the first block
+    throttled: three of four blocks are kept, and energy per sample divides the energy of all
+    four blocks (the dropped one drew power too) by all their samples."""
+    import contextlib
+
+    from b3core.measuring import runner
+
+    calls = {}
+
+    class Sampler:
+        def __init__(self):
+            self.first = None
+
+        def throttled_during(self, start, end):
+            self.first = self.first if self.first is not None else start
+            return start == self.first
+
+        def summary(self, processed, discarded):
+            calls.update(processed=processed, discarded=discarded)
+            return {"contended": False, "contention": [], "warnings": [],
+                    "discarded_throttled_blocks": discarded}  # fmt: skip
+
+    monkeypatch.setattr(runner, "require_throttle_readings", lambda device: None)
+    monkeypatch.setattr(runner, "_telemetry", lambda d, t: contextlib.nullcontext(Sampler()))
+    timing = Timing(repeats=4, block_steps=2, discard_throttled=True)
+    result = measure(StepSpec("simple_cnn", 8, device=CPU), timing)
+    assert result.measurement.time.n == 3 and calls == {"processed": 8 * 2 * 4, "discarded": 1}
+    assert any("1 timed sample(s) taken while the GPU throttled were discarded" in w
+               for w in result.warnings)  # fmt: skip

@@ -214,7 +214,8 @@ def measure(
         if sampler is not None:
             if timing.discard_throttled:
                 times, rank_times, discarded = _drop_throttled(sampler, spans, times, rank_times)
-            telemetry = sampler.summary(samples * k * len(times), discarded)
+            # the energy is this process's device's over every timed block, dropped ones too
+            telemetry = sampler.summary(spec.samples_per_step * k * len(spans), discarded)
         comm_share = None
         if rank is not None and spec.mode == "train":
             comm_share = _comm_share(ready, k)
