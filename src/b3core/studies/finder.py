@@ -64,7 +64,6 @@ class FindMaxResult:
     first_prediction: int | None = None
     notes: list[str] = field(default_factory=list)
     parameters: int | None = None  # the model's, from the probes
-    slack_bytes: int = 0  # the allocator's smallest reserved - allocated, left out of the budget
 
     @property
     def recommended(self) -> int:
@@ -73,6 +72,12 @@ class FindMaxResult:
         return (
             max(1, math.floor(self.max_batch * (1 - self.safety_margin))) if self.max_batch else 0
         )
+
+    @property
+    def slack_bytes(self) -> int:
+        """The allocator's smallest slack (reserved - allocated) at any probe that fit: what it
+        keeps even when it frees its cache at a cap. 0 where nothing is reserved (CPU)."""
+        return min((p.limit_bytes - p.peak_bytes for p in self.probes if p.fits), default=0)
 
     @property
     def prediction_error(self) -> float | None:
@@ -88,7 +93,7 @@ class FindMaxResult:
         if self.first_fit is None:
             return {}
         return {
-            p.batch_size: (p.peak_bytes - self.first_fit.predict(p.batch_size)) / p.peak_bytes
+            p.batch_size: self.first_fit.residual_share(p.batch_size, p.peak_bytes)
             for p in self.probes
             if p.fits and p.peak_bytes
         }
@@ -259,8 +264,6 @@ class _Search:
             total = self.capacity_bytes - self.outside_torch_bytes
         if not total:
             return None
-        fitted = [p for p in self.known.values() if p.fits]
-        self.result.slack_bytes = min((p.limit_bytes - p.peak_bytes for p in fitted), default=0)
         return total - self.result.slack_bytes
 
     def fit(self) -> MemoryFit | None:

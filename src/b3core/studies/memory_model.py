@@ -40,10 +40,17 @@ class MemoryFit:
         """Measured minus fitted peak, in bytes, at each size."""
         return tuple(p - self.predict(b) for b, p in zip(self.batch_sizes, self.peak_bytes))
 
+    def residual_share(self, batch_size: int, peak_bytes: int) -> float:
+        """A measured peak's distance from the line, as a share of that peak."""
+        return (peak_bytes - self.predict(batch_size)) / peak_bytes
+
     @property
     def max_residual_share(self) -> float:
-        """The largest residual as a share of its measured peak."""
-        return max((abs(r) / p for r, p in zip(self.residuals, self.peak_bytes) if p), default=0.0)
+        """The largest residual (of the sizes fitted) as a share of its measured peak."""
+        shares = [
+            abs(self.residual_share(b, p)) for b, p in zip(self.batch_sizes, self.peak_bytes) if p
+        ]
+        return max(shares, default=0.0)
 
     def extrapolation_note(self, batch_size: int) -> str | None:
         """A warning when batch_size lies past EXTRAPOLATION_LIMIT x the largest size measured."""
