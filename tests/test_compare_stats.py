@@ -11,7 +11,12 @@ import pytest
 
 from b3core.spec.step import StepSpec
 from b3core.studies.compare import interleave
-from b3core.studies.compare.interleave import CaseComparison, pair_orders, run_case
+from b3core.studies.compare.interleave import (
+    MIN_EPOCH_PAIRS,
+    CaseComparison,
+    pair_orders,
+    run_case,
+)
 from b3core.studies.compare.settings import CompareSettings
 from b3core.studies.compare.verdict import (
     FASTER,
@@ -20,10 +25,10 @@ from b3core.studies.compare.verdict import (
     NO_REGRESSION,
     NOT_COMPARED,
     REGRESSION,
+    LookPlan,
     clustered_estimate,
     decide,
     exit_code,
-    look_alpha,
     overall_verdict,
     plan_looks,
     unpaired_estimate,
@@ -49,8 +54,16 @@ def test_the_looks_spend_at_most_alpha():
     looks = plan_looks(5, 40)
     assert len(looks) <= MAX_LOOKS and looks[0] == 5 and looks[-1] == 40
     assert looks == sorted(set(looks))
-    assert look_alpha(0.05, looks=4, cases=3) == pytest.approx(0.05 / 12)
     assert plan_looks(5, 3) == [5]
+    # a case of three spends its third of alpha: little early, most at the last look
+    plan = LookPlan.for_case(5, 40, alpha=0.05, cases=3)
+    shares = [plan.spend(n, last=False) for n in plan.epochs[:-1]] + [plan.spend(37, last=True)]
+    assert sum(shares) == pytest.approx(0.05 / 3)
+    assert shares[0] == pytest.approx(0.05 / 3 * (5 / 40) ** 2)
+    assert shares == sorted(shares) and shares[-1] > 0.05 / 3 / 2
+    # time runs out after the first interim look: the last look spends all that is left
+    early = LookPlan.for_case(5, 40, alpha=0.05)
+    assert early.spend(5, last=False) + early.spend(8, last=True) == pytest.approx(0.05)
 
 
 def test_epochs_not_blocks_are_the_unit():
@@ -211,11 +224,14 @@ def test_every_epoch_runs_fresh_workers_and_the_looks_stop_it(monkeypatch):
     assert len({id(w) for workers in started for w in workers.values()}) == 2 * len(started)
     assert {b.epoch for b in out.blocks} == set(range(out.epochs))
     assert 1 <= out.looks <= out.planned_looks <= MAX_LOOKS
-    # each look at each of the run's 3 cases decides at its share of alpha
-    assert out.estimate.decision_alpha == pytest.approx(0.05 / (out.planned_looks * 3))
+    # the looks at each of the run's 3 cases spend that case's third of alpha, and no more
+    assert sum(out.look_alphas) == pytest.approx(0.05 / 3)
+    assert out.estimate.decision_alpha == out.look_alphas[-1]
     # processes that differ by 5% give no verdict from one epoch's many agreeing pairs
     assert out.verdict == INCONCLUSIVE
-    assert out.elapsed_s >= settings.max_time_s
+    # the last look came when another epoch would not fit, and no epoch was cut short
+    assert out.elapsed_s <= settings.max_time_s < out.elapsed_s * (1 + 1 / out.epochs)
+    assert all(len(pairs) >= MIN_EPOCH_PAIRS for pairs in out.pair_log_ratios())
 
 
 def test_a_decided_case_stops_early(monkeypatch):

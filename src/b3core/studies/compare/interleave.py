@@ -20,9 +20,8 @@ from b3core.studies.compare.records import SIDES, Block, CaseComparison
 from b3core.studies.compare.settings import CompareSettings
 from b3core.studies.compare.verdict import (
     INCONCLUSIVE,
+    LookPlan,
     clustered_estimate,
-    look_alpha,
-    plan_looks,
 )
 from b3core.studies.compare.workers import CaseFailed, WorkerProcess
 
@@ -61,8 +60,9 @@ def _run_epoch(
     rng: random.Random,
     began: float,
 ) -> None:
-    """Warm both fresh workers, settle, then time pairs for settings.epoch_s (an even number
-    of pairs, so each order runs equally often), or until the case's time is up."""
+    """Warm both fresh workers, settle, then time pairs for settings.epoch_s, or until the
+    case's time is up, but at least MIN_EPOCH_PAIRS, and an even number of them (each order
+    runs equally often)."""
     for side in rng.sample(SIDES, 2):
         reply = workers[side].ask(
             "prepare", spec=out.spec.to_dict(), warmup=settings.warmup, seed=0
@@ -90,9 +90,8 @@ def _run_epoch(
             out.skipped_updates[side] += answer["skipped_updates"]
         out.elapsed_s = time.monotonic() - began
         epoch_done = time.monotonic() - epoch_began >= settings.epoch_s
-        if out.elapsed_s >= settings.max_time_s or (
-            epoch_done and timed >= MIN_EPOCH_PAIRS and timed % 2 == 0
-        ):
+        out_of_time = out.elapsed_s >= settings.max_time_s
+        if (epoch_done or out_of_time) and timed >= MIN_EPOCH_PAIRS and timed % 2 == 0:
             return
 
 
@@ -103,13 +102,14 @@ def run_case(
     cases: int = 1,
 ) -> CaseComparison:
     """Epochs until a look decides or the time is up. The looks are planned once the first
-    epoch shows what an epoch costs: interim looks at planned epoch counts, the last one when
-    the time is up; each decides at alpha / (planned looks * cases). `out` fills as blocks
-    arrive, so an interrupt keeps them. The time limit is soft by up to one epoch: a started
-    epoch ends its pair, and a verdict needs at least two epochs."""
+    epoch shows what an epoch costs (`LookPlan`). No epoch starts that the time left cannot
+    hold, at the mean cost of the epochs so far, and every epoch runs its minimum of pairs, so
+    no epoch is cut short (a cut one would count as fully as any other). `out` fills as
+    blocks arrive, so an interrupt keeps them. A verdict needs at least two epochs: the time
+    limit gives way for them."""
     rng = random.Random(settings.seed)
     began = time.monotonic()
-    interim: list[int] | None = None  # epoch counts of the interim looks still to come
+    plan: LookPlan | None = None
     try:
         while True:
             workers = start_workers()
@@ -118,21 +118,19 @@ def run_case(
             finally:
                 for worker in workers.values():
                     worker.retire()  # the next epoch's start waits for them
-            if interim is None:
+            if plan is None:
                 affordable = math.floor(settings.max_time_s / max(out.elapsed_s, 1e-9))
-                plan = plan_looks(settings.min_epochs, max(settings.min_epochs, affordable))
-                interim, alpha = plan[:-1], look_alpha(settings.alpha, len(plan), cases)
-                out.planned_looks = len(plan)
-            out_of_time = out.elapsed_s >= settings.max_time_s
-            due = bool(interim) and out.epochs >= interim[0]
-            if not (due or (out_of_time and out.epochs >= 2)):
+                plan = LookPlan.for_case(settings.min_epochs, affordable, settings.alpha, cases)
+                out.planned_looks = len(plan.epochs)
+            next_epoch_s = out.elapsed_s / out.epochs
+            last = out.epochs >= 2 and out.elapsed_s + next_epoch_s > settings.max_time_s
+            if not (last or plan.interim_due(out.epochs)):
                 continue
-            interim = [n for n in interim if n > out.epochs]
-            out.looks += 1
+            out.look_alphas.append(plan.spend(out.epochs, last))
             out.estimate = clustered_estimate(
-                out.pair_log_ratios(), alpha=alpha, threshold=settings.threshold
+                out.pair_log_ratios(), alpha=out.look_alphas[-1], threshold=settings.threshold
             )
-            if out.estimate.verdict != INCONCLUSIVE or out_of_time:
+            if out.estimate.verdict != INCONCLUSIVE or last:
                 break
     except CaseFailed as failed:
         out.failure = f"{failed.side.upper()}: {failed.message}"

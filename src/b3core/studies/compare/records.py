@@ -23,8 +23,9 @@ SIDES = ("base", "head")
 STATISTIC = (
     "per pair of interleaved blocks, log(head block median) - log(base block median); per "
     "epoch (a fresh pair of worker processes), the mean of its pairs; ratio = exp(mean over "
-    "epochs), Student's t on the epochs; each one-sided claim decided at alpha / (planned looks "
-    "* cases)"
+    "epochs), Student's t on the epochs; each one-sided claim decided at the look's share of "
+    "alpha / cases (alpha * f**2 spent by a fraction f of the planned epochs, the rest at the "
+    "last look)"
 )
 
 
@@ -66,7 +67,7 @@ class CaseComparison:
     steps_per_call: int = 1
     calls_per_block: int = 0
     elapsed_s: float = 0.0
-    looks: int = 0
+    look_alphas: list[float] = field(default_factory=list)  # each look's level, in order
     planned_looks: int = 0
     prepared: dict = field(default_factory=dict)
     skipped_updates: dict = field(default_factory=lambda: dict.fromkeys(SIDES, 0))
@@ -75,6 +76,10 @@ class CaseComparison:
     def median(self, side: str) -> float | None:
         times = [t for b in self.blocks if b.side == side for t in b.times]
         return statistics.median(times) if times else None
+
+    @property
+    def looks(self) -> int:
+        return len(self.look_alphas)
 
     @property
     def pairs(self) -> int:
@@ -114,6 +119,7 @@ class CaseComparison:
             "pairs": self.pairs,
             "epochs": self.epochs,
             "looks": self.looks,
+            "look_alphas": self.look_alphas,
             "planned_looks": self.planned_looks,
             "steps_per_call": self.steps_per_call,
             "calls_per_block": self.calls_per_block,

@@ -10,9 +10,11 @@ interval and two-sided test on the epochs' means (scipy's one-sample t-test).
 Each claim is one-sided: "regression" needs the interval's lower end above 1, "no regression"
 its upper end below 1 + threshold, so an interval whose two ends each err with probability a
 (two-sided level 1 - 2a) decides at level a. The loop looks at the data more than once, and each
-look is another chance of a false verdict; it plans at most MAX_LOOKS looks, and a run of k
-cases decides each case at alpha / (looks * k) (a Bonferroni bound), so the whole run keeps its
-chance of a false verdict at most alpha.
+look is another chance of a false verdict. It plans at most MAX_LOOKS looks and spends alpha
+across them (`LookPlan`): by the time a fraction f of the planned epochs is in, at most
+alpha * f**SPENDING_POWER, and the last look whatever is left. A run of k cases gives each case
+alpha / k. The shares add up to at most alpha (a union, or Bonferroni, bound), so the whole run
+keeps its chance of a false verdict at most alpha, however many looks it makes.
 """
 
 from __future__ import annotations
@@ -35,12 +37,11 @@ NOT_COMPARED = "not compared"  # a case one side could not run (it did not fit, 
 SEVERITY = (REGRESSION, NOT_COMPARED, INCONCLUSIVE, NO_REGRESSION, FASTER)
 EXIT_CODES = {REGRESSION: 1, NOT_COMPARED: 2, INCONCLUSIVE: 3, NO_REGRESSION: 0, FASTER: 0}
 MAX_LOOKS = 4
+# Early looks spend little (alpha * f**2, near O'Brien and Fleming's boundaries): they stop only
+# on clear cases, and most of alpha is left for the last look, where a slowdown near the
+# threshold is decided.
+SPENDING_POWER = 2
 POWER = 0.8  # for the smallest detectable slowdown printed with an inconclusive verdict
-
-
-def look_alpha(alpha: float, looks: int, cases: int = 1) -> float:
-    """What each look at each case may spend, so that all of them together spend alpha."""
-    return alpha / (max(1, looks) * max(1, cases))
 
 
 def plan_looks(first: int, last: int, looks: int = MAX_LOOKS) -> list[int]:
@@ -49,6 +50,32 @@ def plan_looks(first: int, last: int, looks: int = MAX_LOOKS) -> list[int]:
         return [first]
     growth = (last / first) ** (1 / (looks - 1))
     return sorted({min(last, round(first * growth**j)) for j in range(looks)})
+
+
+@dataclass
+class LookPlan:
+    """When to look at one case's epochs, and what each look may spend of the case's alpha.
+    Interim looks come at the planned epoch counts but the last; the last look comes when the
+    time is up, however many epochs are in by then, and spends what the others left."""
+
+    epochs: list[int]  # planned epoch counts of the looks, the last one planned when time is up
+    alpha: float  # this case's share of the run's alpha
+
+    spent: float = 0.0
+
+    @classmethod
+    def for_case(cls, first: int, affordable: int, alpha: float, cases: int = 1) -> LookPlan:
+        return cls(plan_looks(first, max(first, affordable)), alpha / max(1, cases))
+
+    def interim_due(self, epochs: int) -> bool:
+        return any(epochs == n for n in self.epochs[:-1])
+
+    def spend(self, epochs: int, last: bool) -> float:
+        """The level at which this look decides (each end of its interval errs this often)."""
+        fraction = 1.0 if last else min(1.0, epochs / self.epochs[-1])
+        target = self.alpha * fraction**SPENDING_POWER
+        share, self.spent = target - self.spent, max(self.spent, target)
+        return share
 
 
 @dataclass(frozen=True)
