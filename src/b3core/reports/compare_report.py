@@ -54,8 +54,9 @@ def notes(comparison: Comparison) -> list[str]:
     case could have detected."""
     s = comparison.settings
     lines = [
-        "ratio = head/base step time: mean over epochs (fresh worker processes) of interleaved "
-        "pairs' log block medians; 95% CI and p from Student's t over the epochs. Regression: "
+        "ratio = head/base step time: mean over epochs (fresh worker processes) of each "
+        "epoch's Hodges-Lehmann estimate of its interleaved pairs' log block-median ratios; "
+        "95% CI and p from Student's t over the epochs. Regression: "
         f"above {1 + s.threshold:.3g} and significantly above 1; no regression: the upper "
         f"bound below {1 + s.threshold:.3g}; each decided at alpha {s.alpha:g} shared by all "
         "looks and cases"

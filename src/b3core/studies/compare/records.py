@@ -22,10 +22,10 @@ from b3core.studies.compare.verdict import (
 SIDES = ("base", "head")
 STATISTIC = (
     "per pair of interleaved blocks, log(head block median) - log(base block median); per "
-    "epoch (a fresh pair of worker processes), the mean of its pairs; ratio = exp(mean over "
-    "epochs), Student's t on the epochs; each one-sided claim decided at the look's share of "
-    "alpha / cases (alpha * f**2 spent by a fraction f of the planned epochs, the rest at the "
-    "last look)"
+    "epoch (a fresh pair of worker processes), the Hodges-Lehmann estimate of its pairs; "
+    "ratio = exp(mean over epochs), Student's t on the epochs; each one-sided claim decided "
+    "at the look's share of alpha / cases (alpha * f**2 spent by a fraction f of the planned "
+    "epochs, the rest at the last look)"
 )
 
 

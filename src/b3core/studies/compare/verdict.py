@@ -3,9 +3,10 @@
 Interleaved runs come in pairs of blocks, one block of each side in a balanced random order.
 Each block is summarised by its median step time; each pair gives the log ratio
 log(head median) - log(base median), so drift that is slow against a pair cancels inside it.
-Pairs are grouped in epochs, each run by a fresh pair of worker processes; an epoch's mean log
-ratio is one observation. The ratio HEAD/BASE is exp(mean over epochs), with Student's t
-interval and two-sided test on the epochs' means (scipy's one-sample t-test).
+Pairs are grouped in epochs, each run by a fresh pair of worker processes; an epoch's
+Hodges-Lehmann estimate of its pairs' log ratios is one observation. The ratio HEAD/BASE is
+exp(mean over epochs), with Student's t interval and two-sided test on the epochs' estimates
+(scipy's one-sample t-test).
 
 Each claim is one-sided: "regression" needs the interval's lower end above 1, "no regression"
 its upper end below 1 + threshold, so an interval whose two ends each err with probability a
@@ -154,14 +155,25 @@ def _jitter_if_constant(values: np.ndarray) -> np.ndarray:
     return values
 
 
+def hodges_lehmann(values: Sequence[float]) -> float:
+    """The median of all pairwise (Walsh) averages: the centre of a symmetric distribution, 95%
+    as efficient as the mean on normal noise, but hardly moved by the one block of an epoch that
+    a burst of outside load hit (on this VM such a block runs 60% slow and would move a mean of
+    six pairs by 8%). HEAD against HEAD, the sides are exchangeable and the pairs symmetric
+    about 0, so the epochs' estimates stay centred on the truth."""
+    x = np.asarray(values, float)
+    i, j = np.triu_indices(len(x))
+    return float(np.median((x[i] + x[j]) / 2))
+
+
 def clustered_estimate(
     log_ratios: Sequence[Sequence[float]], *, alpha: float, threshold: float
 ) -> Estimate:
     """The ratio from interleaved pairs grouped by epoch: log_ratios[e] holds epoch e's pairs'
-    log(head/base). Each epoch's mean is one observation, so the interval holds the spread
-    between worker processes as well as between blocks. Decided at level alpha (the look's
-    share)."""
-    means = np.array([np.mean(epoch) for epoch in log_ratios if len(epoch)], float)
+    log(head/base). Each epoch's Hodges-Lehmann estimate is one observation, so the interval
+    holds the spread between worker processes as well as between blocks. Decided at level
+    alpha (the look's share)."""
+    means = np.array([hodges_lehmann(epoch) for epoch in log_ratios if len(epoch)], float)
     if len(means) < 2:
         raise ValueError("an estimate needs at least two epochs")
     test = sps.ttest_1samp(_jitter_if_constant(means), 0.0)
