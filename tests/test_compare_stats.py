@@ -253,3 +253,11 @@ def test_a_decided_case_stops_early(monkeypatch):
     assert out.verdict == REGRESSION
     assert out.epochs == CompareSettings().min_epochs and out.looks == 1
     assert out.elapsed_s < CompareSettings().max_time_s
+
+
+def test_a_time_limit_inside_an_epoch_still_gives_whole_epochs(monkeypatch):
+    """The time runs out while the first epoch settles: it still runs its minimum of pairs, and
+    so does the second, which a verdict needs."""
+    out, _, _ = fake_case(monkeypatch, 1.5, drift=0.0, settings=CompareSettings(max_time_s=8))
+    assert out.epochs == 2 and out.looks == 1
+    assert [len(pairs) for pairs in out.pair_log_ratios()] == [MIN_EPOCH_PAIRS] * 2
