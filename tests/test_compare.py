@@ -92,6 +92,8 @@ def test_a_large_slowdown_is_a_regression(repo, tmp_path):
         *FAST,
         "--min-epochs",
         "4",
+        "--max-time",
+        "30",
         "--alpha",
         "0.2",
         "--json",
@@ -125,7 +127,18 @@ def test_a_large_slowdown_is_a_regression(repo, tmp_path):
 def test_head_against_head_is_no_regression(repo, tmp_path):
     out = tmp_path / "compare.json"
     proc = b3_compare(
-        repo, "HEAD", "HEAD", *FAST, "--threshold", "0.5", "--alpha", "0.2", "--json", str(out)
+        repo,
+        "HEAD",
+        "HEAD",
+        *FAST,
+        "--threshold",
+        "0.5",
+        "--alpha",
+        "0.2",
+        "--max-time",
+        "30",
+        "--json",
+        str(out),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     record = json.loads(out.read_text())
