@@ -69,7 +69,7 @@ class LookPlan:
         return cls(plan_looks(first, max(first, affordable)), alpha / max(1, cases))
 
     def interim_due(self, epochs: int) -> bool:
-        return any(epochs == n for n in self.epochs[:-1])
+        return epochs in self.epochs[:-1]
 
     def spend(self, epochs: int, last: bool) -> float:
         """The level at which this look decides (each end of its interval errs this often)."""
