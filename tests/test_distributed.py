@@ -406,3 +406,22 @@ def test_a_cuda_device_is_resolved_with_its_index(monkeypatch):
     assert resolve_device("cuda") == torch.device("cuda", 1)
     assert resolve_device("auto") == torch.device("cuda", 1)
     assert resolve_device("cuda:0") == torch.device("cuda", 0)
+
+
+def test_a_rank_that_leaves_is_named_even_when_the_engine_saw_its_peer_first(tmp_path):
+    """The engine of function ranks records only the first failure it sees, which may be the
+    peer that a leaving rank broke; the leaving rank's note names it."""
+    from types import SimpleNamespace
+
+    from b3core.measuring.distributed import LEFT_NOTES_ENV, _failure
+
+    env = {**os.environ, "RANK": "1", LEFT_NOTES_ENV: str(tmp_path)}
+    leaving = "from b3core.measuring.distributed import leave; leave(75, 'over the budget')"
+    left = subprocess.run([sys.executable, "-c", leaving], env=env, capture_output=True, text=True)
+    assert left.returncode == 75 and left.stderr.strip() == "over the budget"
+    peer = SimpleNamespace(exitcode=-6, timestamp=1, local_rank=0)
+    failed = _failure({0: peer}, tmp_path, tmp_path)
+    assert (failed.rank, failed.exitcode, failed.said) == (1, 75, "over the budget")
+    for note in tmp_path.glob("*.json"):
+        note.unlink()
+    assert _failure({0: peer}, tmp_path, tmp_path).rank == 0  # no note: the engine's failure

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
 import os
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -25,6 +29,7 @@ from b3core.errors import B3Error
 
 COLLECTIVE_TIMEOUT_S = 300  # the longest any rank waits for the others at a collective
 OUT_OF_MEMORY_EXIT = 75  # a rank's exit code when its step did not fit
+LEFT_NOTES_ENV = "B3_RANK_NOTES"  # the folder where a rank that leaves says why (set by launch)
 ENGINE_LOGGERS = (
     "torch.distributed.elastic",
     "torch.distributed.launcher",
@@ -84,6 +89,19 @@ def gather(value: object) -> list:
     return out
 
 
+def leave(exitcode: int, said: str) -> NoReturn:
+    """End this rank now (its peers may be inside a collective that it will never join), saying
+    why on stderr and in a note for launch(). A peer that this breaks may fail first, and the
+    engine of function ranks records only the first failure it sees; the note names this rank."""
+    print(said, file=sys.stderr, flush=True)
+    if folder := os.environ.get(LEFT_NOTES_ENV):
+        note = Path(folder, f"{os.environ.get('RANK', 0)}.json")
+        draft = note.with_suffix(".draft")
+        draft.write_text(json.dumps({"exitcode": exitcode, "said": said, "at": time.time()}))
+        draft.replace(note)  # whole or absent, whenever launch() reads it
+    os._exit(exitcode)
+
+
 class RankFailed(B3Error):
     """A rank ended the run: its global rank, exit code, and the last line it wrote to stderr."""
 
@@ -118,7 +136,7 @@ def launch(
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     for name in ENGINE_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    with tempfile.TemporaryDirectory(prefix="b3-ranks-") as logs:
+    with tempfile.TemporaryDirectory(prefix="b3-ranks-") as logs, _left_notes(logs) as notes:
         config = LaunchConfig(
             min_nodes=nnodes,
             max_nodes=nnodes,
@@ -134,9 +152,7 @@ def launch(
         try:
             return elastic_launch(config, entrypoint)(*args)
         except ChildFailedError as exc:
-            rank, failure = _cause(exc.failures)
-            said = _last_line(Path(logs), failure.local_rank)
-            raise RankFailed(rank, failure.exitcode, said) from None
+            raise _failure(exc.failures, Path(logs), notes) from None
         except Exception as exc:  # noqa: BLE001 - the rendezvous: a taken port, a bad endpoint
             where = rdzv_endpoint or "a local port"
             cause = exc.__cause__ or exc  # the rendezvous error wraps the socket's own
@@ -145,6 +161,32 @@ def launch(
                 f"the ranks could not meet at {where}: {type(cause).__name__}: "
                 f"{detail[0][:200] if detail else ''}"
             ) from exc
+
+
+@contextlib.contextmanager
+def _left_notes(logs: str) -> Iterator[Path]:
+    """A folder for leave()'s notes, named to the ranks through the environment they inherit."""
+    folder = Path(logs, "left")
+    folder.mkdir()
+    before = os.environ.get(LEFT_NOTES_ENV)
+    os.environ[LEFT_NOTES_ENV] = str(folder)
+    try:
+        yield folder
+    finally:
+        if before is None:
+            del os.environ[LEFT_NOTES_ENV]
+        else:
+            os.environ[LEFT_NOTES_ENV] = before
+
+
+def _failure(failures: dict, logs: Path, notes: Path) -> RankFailed:
+    """The rank that ended the run: the first to leave() with a note, else the engine's cause."""
+    left = {int(note.stem): json.loads(note.read_text()) for note in notes.glob("*.json")}
+    if left:
+        rank, note = min(left.items(), key=lambda item: item[1]["at"])
+        return RankFailed(rank, note["exitcode"], note["said"])
+    rank, failure = _cause(failures)
+    return RankFailed(rank, failure.exitcode, _last_line(logs, failure.local_rank))
 
 
 def _cause(failures: dict) -> tuple:

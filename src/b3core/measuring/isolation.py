@@ -75,9 +75,7 @@ def measure_in_ranks(
 
 def _measure_rank(spec: dict, timing: dict, memory_budget: int | None, seed: int) -> dict:
     """One rank of measure_in_ranks (runs in a process of torchrun's engine)."""
-    import os
-
-    from b3core.measuring.distributed import OUT_OF_MEMORY_EXIT, process_group
+    from b3core.measuring.distributed import OUT_OF_MEMORY_EXIT, leave, process_group
     from b3core.measuring.runner import measure
     from b3core.workloads.build import target_device
 
@@ -86,8 +84,7 @@ def _measure_rank(spec: dict, timing: dict, memory_budget: int | None, seed: int
         try:
             result = measure(step, Timing.from_dict(timing), memory_budget=memory_budget, seed=seed)
         except StepOutOfMemory as oom:
-            print(oom.reason, file=sys.stderr, flush=True)
-            os._exit(OUT_OF_MEMORY_EXIT)  # the engine stops the other ranks
+            leave(OUT_OF_MEMORY_EXIT, oom.reason)  # the engine stops the other ranks
     return result.to_dict()
 
 
