@@ -425,3 +425,36 @@ def test_a_rank_that_leaves_is_named_even_when_the_engine_saw_its_peer_first(tmp
     for note in tmp_path.glob("*.json"):
         note.unlink()
     assert _failure({0: peer}, tmp_path, tmp_path).rank == 0  # no note: the engine's failure
+
+
+GROUP_LEFT_BEHIND = """
+import json, os, sys
+import torch
+from torch import nn
+from b3core.measuring.distributed import gather, process_group
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+before = threads()
+with process_group(torch.device("cpu")):
+    model = nn.parallel.DistributedDataParallel(nn.Linear(4, 2))
+    held = [model]
+    held.append(held)  # a reference cycle holds the model, as hooks often do
+    model(torch.randn(3, 4)).sum().backward()
+    gather(before)
+    del model, held
+print(json.dumps({"before": before, "after": threads()}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="counts threads in /proc")
+def test_no_gloo_thread_outlives_the_process_group(tmp_path):
+    """A gloo thread alive at exit may free a tensor into the finalizing interpreter, which
+    aborts the rank; leaving the process group joins them all, DDP's lazy imports included."""
+    (tmp_path / "group.py").write_text(GROUP_LEFT_BEHIND)
+    proc = torchrun("--log-dir", str(tmp_path / "logs"), "--tee", "1", str(tmp_path / "group.py"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = [json.loads(line.split(":", 1)[1]) for line in proc.stdout.splitlines() if "{" in line]
+    assert len(counts) == 2 and all(c["after"] == c["before"] for c in counts), counts

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
+import importlib
 import json
 import logging
 import os
@@ -70,6 +72,12 @@ def process_group(device: torch.device) -> Iterator[Rank | None]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    # torch.distributed.nn defaults to group=group.WORLD, evaluated at import: imported after the
+    # group exists (DDP imports it lazily), they keep the group alive past its destruction,
+    # and its gloo threads then free tensors into a finalizing interpreter, which aborts the
+    # rank (-6, "terminate called without an active exception"; 1 in ~40 runs under load).
+    importlib.import_module("torch.distributed.nn")
+
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     try:
         yield current()
@@ -79,7 +87,8 @@ def process_group(device: torch.device) -> Iterator[Rank | None]:
     # every rank done before any tears its connections down: gloo aborts a rank whose peer
     # closes a connection under it (seen once in 2-rank CI runs)
     dist.barrier()
-    dist.destroy_process_group()
+    gc.collect()  # a model's reference cycles hold the group too
+    dist.destroy_process_group()  # the last reference: its threads are joined here
 
 
 def gather(value: object) -> list:
