@@ -72,10 +72,11 @@ def process_group(device: torch.device) -> Iterator[Rank | None]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    # torch.distributed.nn defaults to group=group.WORLD, evaluated at import: imported after the
-    # group exists (DDP imports it lazily), they keep the group alive past its destruction,
-    # and its gloo threads then free tensors into a finalizing interpreter, which aborts the
-    # rank (-6, "terminate called without an active exception"; 1 in ~40 runs under load).
+    # torch.distributed.nn's functions default to group=group.WORLD, evaluated at import. Imported
+    # once the group exists (DDP imports it lazily), those defaults keep the group alive after
+    # its destruction; its gloo threads then free tensors into the finalizing interpreter, which
+    # aborts the rank (-6, "terminate called without an active exception"; 1 run in ~40 under
+    # load). Imported first, they hold None.
     importlib.import_module("torch.distributed.nn")
 
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
