@@ -428,7 +428,7 @@ def test_a_rank_that_leaves_is_named_even_when_the_engine_saw_its_peer_first(tmp
 
 
 GROUP_LEFT_BEHIND = """
-import json, os, sys
+import json, os
 import torch
 from torch import nn
 from b3core.measuring.distributed import gather, process_group
