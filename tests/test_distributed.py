@@ -416,12 +416,17 @@ def test_a_rank_that_leaves_is_named_even_when_the_engine_saw_its_peer_first(tmp
     from b3core.measuring.distributed import LEFT_NOTES_ENV, _failure
 
     env = {**os.environ, "RANK": "1", LEFT_NOTES_ENV: str(tmp_path)}
-    leaving = "from b3core.measuring.distributed import leave; leave(75, 'over the budget')"
+    leaving = (
+        "from b3core.measuring.distributed import leave; "
+        "from b3core.measuring.protocol import Failure; "
+        "leave(Failure('out_of_memory', 'over the budget'))"
+    )
     left = subprocess.run([sys.executable, "-c", leaving], env=env, capture_output=True, text=True)
-    assert left.returncode == 75 and left.stderr.strip() == "over the budget"
+    said = {"error": "out_of_memory", "message": "over the budget"}
+    assert left.returncode == 75 and json.loads(left.stderr) == said  # the protocol's line
     peer = SimpleNamespace(exitcode=-6, timestamp=1, local_rank=0)
     failed = _failure({0: peer}, tmp_path, tmp_path)
-    assert (failed.rank, failed.exitcode, failed.said) == (1, 75, "over the budget")
+    assert (failed.rank, failed.exitcode, failed.failure.to_dict()) == (1, 75, said)
     for note in tmp_path.glob("*.json"):
         note.unlink()
     assert _failure({0: peer}, tmp_path, tmp_path).rank == 0  # no note: the engine's failure

@@ -2,12 +2,8 @@ import pytest
 import torch
 
 from b3core.errors import B3Error, MemoryBudgetExceeded, StepOutOfMemory
-from b3core.measuring.memory import (
-    MemoryBudget,
-    PeakMemoryTracker,
-    is_out_of_memory,
-    parse_memory_size,
-)
+from b3core.measuring.memory import MemoryBudget, PeakMemoryTracker, parse_memory_size
+from b3core.measuring.protocol import is_out_of_memory
 from b3core.measuring.result import PeakMemory
 from b3core.measuring.runner import measure
 from b3core.spec import StepSpec, Timing

@@ -28,9 +28,9 @@ import torch
 import torch.distributed as dist
 
 from b3core.errors import B3Error
+from b3core.measuring.protocol import Failure
 
 COLLECTIVE_TIMEOUT_S = 300  # the longest any rank waits for the others at a collective
-OUT_OF_MEMORY_EXIT = 75  # a rank's exit code when its step did not fit
 LEFT_NOTES_ENV = "B3_RANK_NOTES"  # the folder where a rank that leaves says why (set by launch)
 ENGINE_LOGGERS = (
     "torch.distributed.elastic",
@@ -99,26 +99,36 @@ def gather(value: object) -> list:
     return out
 
 
-def leave(exitcode: int, said: str) -> NoReturn:
-    """End this rank now (its peers may be inside a collective that it will never join), saying
-    why on stderr and in a note for launch(). A peer that this breaks may fail first, and the
-    engine of function ranks records only the first failure it sees; the note names this rank."""
-    print(said, file=sys.stderr, flush=True)
+def leave(failure: Failure) -> NoReturn:
+    """End this rank now (its peers may be inside a collective that it will never join), with
+    its failure's exit code, saying why on stderr (the protocol's one JSON line) and in a note
+    for launch(). A peer that this breaks may fail first, and the engine of function ranks
+    records only the first failure it sees; the note names this rank."""
+    print(json.dumps(failure.to_dict()), file=sys.stderr, flush=True)
     if folder := os.environ.get(LEFT_NOTES_ENV):
         note = Path(folder, f"{os.environ.get('RANK', 0)}.json")
         draft = note.with_suffix(".draft")
-        draft.write_text(json.dumps({"exitcode": exitcode, "said": said, "at": time.time()}))
+        draft.write_text(json.dumps({**failure.to_dict(), "at": time.time()}))
         draft.replace(note)  # whole or absent, whenever launch() reads it
-    os._exit(exitcode)
+    os._exit(failure.exit_code)
 
 
 class RankFailed(B3Error):
-    """A rank ended the run: its global rank, exit code, and the last line it wrote to stderr."""
+    """A rank ended the run: its global rank, exit code, and its failure (the protocol's line
+    on its stderr; for a rank that crashed, its last line)."""
 
-    def __init__(self, rank: int, exitcode: int, said: str):
-        super().__init__(f"rank {rank} failed (exit {exitcode}): {said}")
-        self.rank, self.exitcode, self.said = rank, exitcode, said
+    def __init__(self, rank: int, exitcode: int, failure: Failure):
+        super().__init__(f"rank {rank} failed (exit {exitcode}): {failure.message}")
+        self.rank, self.exitcode, self.failure = rank, exitcode, failure
         self.exit_code = exitcode if exitcode in (1, 2) else 1
+
+    @classmethod
+    def from_stderr(cls, rank: int, exitcode: int, last_line: str) -> RankFailed:
+        try:
+            failure = Failure.from_answer(json.loads(last_line))
+        except (json.JSONDecodeError, TypeError, AttributeError):
+            failure = None
+        return cls(rank, exitcode, failure or Failure("error", last_line))
 
 
 def launch(
@@ -194,9 +204,10 @@ def _failure(failures: dict, logs: Path, notes: Path) -> RankFailed:
     left = {int(note.stem): json.loads(note.read_text()) for note in notes.glob("*.json")}
     if left:
         rank, note = min(left.items(), key=lambda item: item[1]["at"])
-        return RankFailed(rank, note["exitcode"], note["said"])
+        failure = Failure.from_answer(note)
+        return RankFailed(rank, failure.exit_code, failure)
     rank, failure = _cause(failures)
-    return RankFailed(rank, failure.exitcode, _last_line(logs, failure.local_rank))
+    return RankFailed.from_stderr(rank, failure.exitcode, _last_line(logs, failure.local_rank))
 
 
 def _cause(failures: dict) -> tuple:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from b3core.errors import B3Error, StepOutOfMemory
+from b3core.measuring.protocol import OUT_OF_MEMORY, Failure
 from b3core.measuring.result import StepResult
 from b3core.spec.step import StepSpec, Timing
 
@@ -44,10 +45,9 @@ def measure_isolated(
     except (IndexError, json.JSONDecodeError):
         detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise B3Error(f"isolated worker for {spec.label} failed: {detail}") from None
-    if "oom" in answer:
-        raise StepOutOfMemory(spec.label, answer["oom"])
-    if "error" in answer:
-        raise B3Error(answer["error"])
+    failure = Failure.from_answer(answer)
+    if failure is not None:
+        failure.raise_for(spec.label)
     return StepResult.from_dict(answer["result"])
 
 
@@ -61,21 +61,22 @@ def measure_in_ranks(
 ) -> StepResult:
     """The step as `nproc_per_node` fresh data-parallel ranks (DDP through torchrun's engine):
     rank 0's result. A rank that does not fit ends the world, which is StepOutOfMemory here."""
-    from b3core.measuring.distributed import OUT_OF_MEMORY_EXIT, RankFailed, launch
+    from b3core.measuring.distributed import RankFailed, launch
 
     request = (spec.to_dict(), timing.to_dict(), memory_budget, seed)
     try:
         answers = launch(_measure_rank, request, nproc_per_node=nproc_per_node)
     except RankFailed as failed:
-        if failed.exitcode == OUT_OF_MEMORY_EXIT:
-            raise StepOutOfMemory(spec.label, f"rank {failed.rank}: {failed.said}") from None
+        if failed.failure.kind == OUT_OF_MEMORY:
+            message = f"rank {failed.rank}: {failed.failure.message}"
+            raise StepOutOfMemory(spec.label, message) from None
         raise
     return StepResult.from_dict(answers[0])
 
 
 def _measure_rank(spec: dict, timing: dict, memory_budget: int | None, seed: int) -> dict:
     """One rank of measure_in_ranks (runs in a process of torchrun's engine)."""
-    from b3core.measuring.distributed import OUT_OF_MEMORY_EXIT, leave, process_group
+    from b3core.measuring.distributed import leave, process_group
     from b3core.measuring.runner import measure
     from b3core.workloads.build import target_device
 
@@ -84,7 +85,7 @@ def _measure_rank(spec: dict, timing: dict, memory_budget: int | None, seed: int
         try:
             result = measure(step, Timing.from_dict(timing), memory_budget=memory_budget, seed=seed)
         except StepOutOfMemory as oom:
-            leave(OUT_OF_MEMORY_EXIT, oom.reason)  # the engine stops the other ranks
+            leave(Failure.of(oom))  # the engine stops the other ranks
     return result.to_dict()
 
 
@@ -120,10 +121,8 @@ def _serve() -> int:
             seed=request.get("seed", 0),
         )
         answer = {"result": result.to_dict()}
-    except StepOutOfMemory as oom:
-        answer = {"oom": oom.reason}
-    except B3Error as exc:
-        answer = {"error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - every failure is answered, in one format
+        answer = Failure.of(exc).to_dict()
     print(json.dumps(answer))
     return 0
 

@@ -186,23 +186,6 @@ def available_host_memory() -> int:
     return physical_memory()
 
 
-# How allocation failures read when they are not torch.OutOfMemoryError: the CPU allocator,
-# and cuBLAS or cuDNN failing to get their workspace on a full GPU.
-OOM_MESSAGES = (
-    "out of memory",
-    "can't allocate memory",
-    "cublas_status_alloc_failed",
-    "cudnn_status_alloc_failed",
-)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryBudgetExceeded, MemoryError)):
-        return True
-    message = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(text in message for text in OOM_MESSAGES)
-
-
 def release_memory(device: torch.device) -> None:
     """Collect garbage and empty the device's cache (after an OOM, the caller drops its
     references first)."""

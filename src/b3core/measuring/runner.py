@@ -23,12 +23,8 @@ from b3core.errors import B3Error, StepOutOfMemory
 from b3core.measuring import distributed
 from b3core.measuring.clocks import block_steps_for, time_block
 from b3core.measuring.machine import device_name
-from b3core.measuring.memory import (
-    MemoryBudget,
-    PeakMemoryTracker,
-    is_out_of_memory,
-    release_memory,
-)
+from b3core.measuring.memory import MemoryBudget, PeakMemoryTracker, release_memory
+from b3core.measuring.protocol import is_out_of_memory
 from b3core.measuring.result import DistributedInfo, PeakMemory, StepResult, Warmup
 from b3core.measuring.stats import Measurement
 from b3core.measuring.telemetry import TelemetrySampler, require_throttle_readings

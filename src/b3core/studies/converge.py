@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from b3core.errors import B3Error
-from b3core.measuring.memory import is_out_of_memory, release_memory
+from b3core.measuring.memory import release_memory
 from b3core.measuring.noise_scale import GradientProbe, NoiseScale
+from b3core.measuring.protocol import is_out_of_memory
 from b3core.spec.converge import ConvergeSpec
 from b3core.spec.step import StepSpec
 from b3core.studies import log_file
