@@ -1,6 +1,8 @@
-"""`b3 compare` end to end, in throwaway git repositories holding b3's own source: a large
-injected slowdown is a regression, HEAD against HEAD is not, bad input is one line and exit 2,
-and nothing is left behind (worktrees, worker processes), also after Ctrl-C or a dead worker."""
+"""`b3 compare` end to end, in throwaway git repositories of a user's project (its model's
+forward pass does more work at HEAD): a large slowdown is a regression, HEAD against HEAD is
+not, each epoch's workers are fresh processes of their side's code, bad input is one line and
+exit 2, and nothing is left behind (worktrees, servers, workers), also after Ctrl-C or a dead
+worker."""
 
 import json
 import os
@@ -12,11 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from b3core.studies.compare.power import STEP_CALL, TRAINING, slowed_repository
+import b3core
+from b3core.studies.compare.slowed_project import (
+    FACTORY,
+    FORWARD,
+    commit_change,
+    slowed_project,
+)
 
-# One thread per worker keeps two processes of the same code closer together on a small
-# machine; the statistics are tested in test_compare_stats.py, the mechanics here.
-FAST = ["--model", "simple_cnn", "--batch-size", "8", "--device", "cpu", "--epoch-time", "0.5"]
+# The statistics are tested in test_compare_stats.py, the mechanics here.
+FAST = ["--model", FACTORY, "--batch-size", "8", "--device", "cpu", "--epoch-time", "0.5"]
+# extra 128x128 products per forward pass that make simple_cnn's step (about 1.5 ms at batch 8
+# on a CPU) several times as long
+LARGE_SLOWDOWN_OPS = 150
 
 
 def b3_compare(repo: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -51,28 +61,17 @@ def _command_lines() -> list[str]:
 
 
 def workers_running(repo: Path) -> list[str]:
-    """Command lines of live worker processes (and their ranks) of this repository's
-    worktrees."""
+    """Command lines of live servers and workers (and their ranks) of b3's worktrees; a forked
+    worker shows its server's command line."""
     return [
         line for line in _command_lines() if "compare/worker.py" in line and "b3-compare-" in line
     ]
 
 
-def commit_step_change(repo: Path, replacement: str, message: str) -> None:
-    """A new HEAD whose training step runs `replacement` instead of b3's step call."""
-    path = repo / TRAINING
-    source = path.read_text()
-    marker = "        began = _time.perf_counter()\n"  # the slowed step's first line
-    start = source.index(marker)
-    end = source.index("        return loss\n", start) + len("        return loss\n")
-    path.write_text(source[:start] + replacement + source[end:])
-    subprocess.run(["git", "-C", str(repo), "commit", "-qam", message], check=True)
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    """HEAD~1: b3 as it is; HEAD: the training step 3x as long (+200%)."""
-    return slowed_repository(tmp_path_factory.mktemp("compare") / "repo", 2.0)
+    """HEAD~1: the user's model; HEAD: its forward pass several times as long."""
+    return slowed_project(tmp_path_factory.mktemp("compare") / "repo", LARGE_SLOWDOWN_OPS)
 
 
 def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
@@ -90,7 +89,7 @@ def test_a_large_slowdown_is_a_regression(repo, tmp_path):
         "HEAD~1",
         "HEAD",
         *FAST,
-        "--min-epochs",
+        "--min-rounds",
         "4",
         "--max-time",
         "30",
@@ -113,13 +112,52 @@ def test_a_large_slowdown_is_a_regression(repo, tmp_path):
     ).stdout.strip()
     assert sides["head"]["sha"] == head_sha and sides["base"]["sha"] != head_sha
     assert sides["head"]["machine"]["torch"] and sides["base"]["b3core_version"]
-    assert "/head/" in sides["head"]["b3core_path"] + "/"  # each side timed its own tree
-    blocks = record["cases"][0]["blocks"]
+    case = record["cases"][0]
+    blocks = case["blocks"]
     assert {b["side"] for b in blocks} == {"base", "head"} and all(b["times_s"] for b in blocks)
-    assert "regression" in proc.stdout and "head/base" in proc.stdout
+    assert "regression" in proc.stdout and "decision interval" in proc.stdout
     assert (tmp_path / "blocks.png").stat().st_size > 0
     summary = (tmp_path / "summary.md").read_text()
-    assert summary.startswith("### b3 compare HEAD~1 HEAD") and "| simple_cnn" in summary
+    assert summary.startswith("### b3 compare HEAD~1 HEAD") and f"| {FACTORY}" in summary
+    assert len(worktrees(repo)) == 1 and not workers_running(repo)
+
+
+@pytest.mark.slow
+def test_every_epoch_runs_fresh_forked_workers_of_each_sides_own_code(tmp_path):
+    """Each epoch's two workers are new processes (no pid seen twice, none the server's),
+    forked, and each timed its own side's model: HEAD's has a layer more."""
+    repo = slowed_project(tmp_path / "repo", 0)
+    commit_change(
+        repo,
+        "        self.inner = inner\n",
+        "        self.inner = nn.Sequential(inner, nn.Linear(10, 10))\n",
+        "head: a layer more",
+    )
+    out = tmp_path / "compare.json"
+    proc = b3_compare(
+        repo, "HEAD~1", "HEAD", *FAST, "--max-time", "12", "--min-rounds", "3", "--json", str(out)
+    )
+    assert proc.returncode in (0, 1, 3), proc.stderr
+    record = json.loads(out.read_text())
+    assert record["workers"]["start"] == "fork"
+    case = record["cases"][0]
+    pids = [reply["pid"] for side in ("base", "head") for reply in case["prepared"][side]]
+    assert len(pids) == 2 * case["epochs"] >= 6 and len(set(pids)) == len(pids)
+    rounds = [epoch["round"] for epoch in case["epoch_log"]]
+    servers = {}
+    for side in ("base", "head"):
+        code = Path(record["sides"][side]["code"])
+        replies = case["prepared"][side]
+        assert all(Path(r["model_file"]).is_relative_to(code) for r in replies)
+        by_round = {}
+        for number, reply in zip(rounds, replies):
+            by_round.setdefault(number, set()).add(reply["parent_pid"])
+        assert all(len(parents) == 1 for parents in by_round.values())  # a round's one server
+        servers[side] = set().union(*by_round.values())
+        assert len(servers[side]) == case["rounds"] and not servers[side] & set(pids)
+    assert not servers["base"] & servers["head"]
+    parameters = {side: case["prepared"][side][0]["workload"]["parameters"] for side in servers}
+    assert parameters["head"] == parameters["base"] + 110
     assert len(worktrees(repo)) == 1 and not workers_running(repo)
 
 
@@ -173,25 +211,18 @@ def test_compare_under_torchrun_is_one_line(repo, monkeypatch):
 
 
 @pytest.mark.slow
-def test_each_side_can_be_a_world_of_data_parallel_ranks(tmp_path):
+def test_each_side_can_be_a_world_of_data_parallel_ranks(repo, tmp_path):
     """--nproc-per-node 2: each side's worker launches 2 gloo ranks; a block is its slowest
-    rank's time, every rank's is kept, and a HEAD that sleeps 5 ms after each step is a
-    regression. (Not the proportional busy wait of `slowed_repository`: under DDP each rank's
-    step would include its peer's last wait, and the slowdown would compound.)"""
-    repo = slowed_repository(tmp_path / "repo", 0.1)
-    step = STEP_CALL.replace("return train_step(", "loss = train_step(")
-    commit_step_change(
-        repo, step + "        _time.sleep(0.005)\n        return loss\n", "head: +5 ms a step"
-    )
+    rank's time, every rank's is kept, and HEAD's extra work in every rank is a regression."""
     out = tmp_path / "compare.json"
     proc = b3_compare(
         repo,
-        "HEAD~2",
+        "HEAD~1",
         "HEAD",
         *FAST,
         "--nproc-per-node",
         "2",
-        "--min-epochs",
+        "--min-rounds",
         "3",
         "--alpha",
         "0.2",
@@ -217,10 +248,11 @@ def test_each_side_can_be_a_world_of_data_parallel_ranks(tmp_path):
 
 @pytest.mark.slow
 def test_a_rank_out_of_memory_is_named_and_no_rank_is_left(tmp_path):
-    repo = slowed_repository(tmp_path / "repo", 0.1)
-    commit_step_change(
+    repo = slowed_project(tmp_path / "repo", 0)
+    commit_change(
         repo,
-        '        if __import__("os").environ["RANK"] == "1":\n'
+        FORWARD,
+        FORWARD + '        if __import__("os").environ["RANK"] == "1":\n'
         '            raise MemoryError("simulated: rank 1 does not fit")\n',
         "head: rank 1 runs out of memory",
     )
@@ -288,23 +320,22 @@ def test_a_side_without_the_model_is_one_line(repo):
 
 
 @pytest.mark.slow
-def test_a_side_whose_code_does_not_import(tmp_path):
-    repo = slowed_repository(tmp_path / "repo", 0.1)
-    runner = repo / "src/b3core/measuring/runner.py"
-    runner.write_text(runner.read_text().replace("def prepare(", "def prepare_renamed("))
-    subprocess.run(["git", "-C", str(repo), "commit", "-qam", "no prepare"], check=True)
+def test_a_side_whose_model_does_not_import(tmp_path):
+    repo = slowed_project(tmp_path / "repo", 0)
+    commit_change(repo, "import torch\n", "import torch\nimport no_such_module\n", "head: a typo")
     proc = b3_compare(repo, "HEAD~1", "HEAD", *FAST, timeout=90)
     line = one_line_error(proc)
-    assert "HEAD" in line and "prepare" in line
+    assert "HEAD" in line and "no_such_module" in line
     assert len(worktrees(repo)) == 1 and not workers_running(repo)
 
 
 @pytest.mark.slow
 def test_out_of_memory_on_one_side_is_reported_not_judged(tmp_path):
-    repo = slowed_repository(tmp_path / "repo", 0.1)
-    commit_step_change(
+    repo = slowed_project(tmp_path / "repo", 0)
+    commit_change(
         repo,
-        '        raise MemoryError("simulated: the batch does not fit")\n',
+        FORWARD,
+        FORWARD + '        raise MemoryError("simulated: the batch does not fit")\n',
         "head: every step runs out of memory",
     )
     out = tmp_path / "compare.json"
@@ -320,9 +351,12 @@ def test_out_of_memory_on_one_side_is_reported_not_judged(tmp_path):
 
 @pytest.mark.slow
 def test_a_dying_worker_ends_both_and_removes_the_worktrees(tmp_path):
-    repo = slowed_repository(tmp_path / "repo", 0.1)
-    commit_step_change(
-        repo, '        __import__("os")._exit(9)\n', "head: the worker dies in its first step"
+    repo = slowed_project(tmp_path / "repo", 0)
+    commit_change(
+        repo,
+        FORWARD,
+        FORWARD + '        __import__("os")._exit(9)\n',
+        "head: the worker dies in its first step",
     )
     proc = b3_compare(repo, "HEAD~1", "HEAD", *FAST, timeout=90)
     assert "worker died" in one_line_error(proc)
@@ -342,7 +376,7 @@ def test_ctrl_c_ends_the_workers_and_removes_the_worktrees(repo):
             *FAST,
             "--max-time",
             "100",
-            "--min-epochs",
+            "--min-rounds",
             "50",
         ],
         cwd=repo,
@@ -359,14 +393,8 @@ def test_ctrl_c_ends_the_workers_and_removes_the_worktrees(repo):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
-    assert "simple_cnn" in stdout  # what was measured is still reported
+    assert FACTORY in stdout  # what was measured is still reported
     assert len(worktrees(repo)) == 1 and not workers_running(repo)
-
-
-def test_the_slowdown_still_wraps_the_step():
-    """The power benchmark and these tests inject their slowdown around this exact text."""
-    source = (Path(__file__).resolve().parents[1] / TRAINING).read_text()
-    assert STEP_CALL in source
 
 
 def saved_run(path: Path, step_s: float, seed: int, slug: str = "vm-cpu") -> Path:
@@ -431,7 +459,7 @@ def test_two_interpreters_on_the_same_code(repo, tmp_path):
         *FAST,
         "--max-time",
         "10",
-        "--min-epochs",
+        "--min-rounds",
         "2",
         "--json",
         str(out),
@@ -440,7 +468,7 @@ def test_two_interpreters_on_the_same_code(repo, tmp_path):
     sides = json.loads(out.read_text())["sides"]
     for side in ("base", "head"):
         assert sides[side]["revision"] == "WORKTREE" and sides[side]["python"] == sys.executable
-        assert Path(sides[side]["b3core_path"]) == repo / "src" / "b3core"
+        assert Path(sides[side]["b3core_path"]) == Path(b3core.__file__).parent
     assert len(worktrees(repo)) == 1
 
 
@@ -501,3 +529,47 @@ def test_outputs_that_cannot_be_written_fail_first(repo, tmp_path):
     proc = b3_compare(repo, "HEAD~1", "HEAD", *FAST, "--json", str(blocker / "out.json"))
     assert "--json" in one_line_error(proc) and "cannot" in proc.stderr
     assert time.monotonic() - began < 30 and len(worktrees(repo)) == 1
+
+
+def _older_minor_release(root: Path) -> str | None:
+    """The newest commit of this repository whose b3core is at least one minor version older
+    than the checkout's (pyproject.toml's version), or None without that history."""
+    import re
+
+    def minor(text: str) -> tuple[int, int]:
+        major, minor_, *_ = re.search(r'^version = "([^"]+)"', text, re.MULTILINE)[1].split(".")
+        return int(major), int(minor_)
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True
+        ).stdout
+
+    now = minor((root / "pyproject.toml").read_text())
+    for sha in git("log", "--format=%H", "--", "pyproject.toml").split():
+        if minor(git("show", f"{sha}:pyproject.toml")) < now:
+            return sha
+    return None
+
+
+@pytest.mark.slow
+def test_last_minor_release_compares_through_its_own_internals(tmp_path):
+    """A base side at the last minor release of b3 (before the versioned entry point) still
+    compares: the worker adapts to its internals, and each side runs its own b3core."""
+    root = Path(__file__).resolve().parents[1]
+    old = _older_minor_release(root)
+    if old is None:
+        pytest.skip("this checkout has no history of an older b3 release")
+    out = tmp_path / "compare.json"
+    case = ["--model", "simple_cnn", "--batch-size", "8", "--device", "cpu"]
+    proc = b3_compare(
+        root, old, "HEAD", *case, "--max-time", "15", "--min-rounds", "3", "--json", str(out)
+    )
+    assert proc.returncode in (0, 1, 3), proc.stderr
+    record = json.loads(out.read_text())
+    sides = record["sides"]
+    assert sides["base"]["endpoint_version"] == 0 and sides["head"]["endpoint_version"] >= 1
+    assert sides["base"]["b3core_version"] != sides["head"]["b3core_version"]
+    for side in ("base", "head"):
+        assert Path(sides[side]["b3core_path"]).is_relative_to(sides[side]["code"])
+    assert record["cases"][0]["epochs"] >= 3

@@ -7,8 +7,24 @@ on first use, so that the torch-free layers (the spec, saved results) stay torch
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import re
+from pathlib import Path
 
-__version__ = "0.3.2"
+
+def _version() -> str:
+    """pyproject.toml's version, the one declaration: from the source tree this package was
+    imported from (a checkout, or a side's worktree in `b3 compare`), else from the installed
+    package's metadata."""
+    tree = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    if tree.is_file():
+        found = re.search(r'^version\s*=\s*"([^"]+)"', tree.read_text(), re.MULTILINE)
+        if found:
+            return found.group(1)
+    return importlib.metadata.version("b3core")
+
+
+__version__ = _version()
 
 _PUBLIC = {
     "StepSpec": "b3core.spec.step",

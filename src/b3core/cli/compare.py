@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from b3core.cli.launch import add_launch_options
-from b3core.cli.options import add_fields_as_options, spec_from_args, write_json
+from b3core.cli.options import add_fields_as_options, renamed, spec_from_args, write_json
 from b3core.errors import B3Error
 from b3core.spec.step import PROFILES, StepSpec, Timing
 
@@ -43,8 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--profile", choices=PROFILES, help="compare every case of a profile")
     add_fields_as_options(p, StepSpec, defaults=dict.fromkeys(PROFILE_AXES))
-    add_fields_as_options(p, Timing, skip=("repeats", "block_steps"))
+    # the workers time blocks of their own shape and sample no telemetry: of Timing's options
+    # compare reads the warm-up and the clock
+    add_fields_as_options(
+        p, Timing, skip=("repeats", "block_steps", "telemetry", "discard_throttled")
+    )
     add_fields_as_options(p, CompareSettings)
+    renamed(p, "--min-epochs", "--min-rounds")
     add_launch_options(p, nodes=False)  # the parent talks to both sides: one machine
     p.add_argument(
         "--fail-on-inconclusive", action="store_true", help="exit 1, not 3, when undecided"
@@ -131,13 +136,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from b3core.studies.compare.settings import CompareSettings
 
     settings = CompareSettings(
-        **{name: getattr(args, name) for name in CompareSettings.__dataclass_fields__}
+        **{
+            name: getattr(args, name)
+            for name in CompareSettings.__dataclass_fields__
+            if hasattr(args, name)
+        }
     )
     _check_writable(args)
     if args.saved:
         return _compare_saved(args, settings)
     from b3core.measuring.machine import machine_record
-    from b3core.reports.compare_report import comparison_table, notes, plot_blocks
+    from b3core.reports.compare_report import (
+        comparison_table,
+        notes,
+        outlook_text,
+        plot_blocks,
+    )
     from b3core.studies.compare.session import compare
 
     sides, cases, world = _sides(args), _cases(args), _world(args)
@@ -153,7 +167,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    comparison = compare(sides, cases, settings, world=world, on_start=started)
+    def outlook(case) -> None:
+        print(outlook_text(case, settings.threshold), file=sys.stderr, flush=True)
+
+    comparison = compare(sides, cases, settings, world=world, on_start=started, on_outlook=outlook)
     lines = [comparison_table(comparison), *notes(comparison), f"verdict: {comparison.verdict}"]
     print("\n".join(lines))
     _write_outputs(

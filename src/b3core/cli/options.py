@@ -49,6 +49,20 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _Renamed(argparse.Action):
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, nargs=0, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is now {self.new}")
+
+
+def renamed(p: argparse.ArgumentParser, old: str, new: str) -> None:
+    """An old spelling, refused in one line that names the new one."""
+    p.add_argument(old, action=_Renamed, new=new, dest=argparse.SUPPRESS, default=argparse.SUPPRESS)
+
+
 def write_json(path: str | Path, payload: dict) -> None:
     path = Path(path)
     if path.parent and not path.parent.exists():

@@ -8,5 +8,6 @@
 - `verdict`: the statistics, free of torch;
 - `records`: what a comparison leaves behind; `session`: a whole comparison;
 - `saved`: two saved pytest-benchmark runs judged with the same statistics;
-- `power`: a throwaway repository whose HEAD is slower, for checking that compare sees it.
+- `slowed_project`: a throwaway user project whose HEAD does more device work, for checking
+  that compare sees a slowdown (and only a real one).
 """

@@ -22,10 +22,11 @@ from b3core.studies.compare.verdict import (
 SIDES = ("base", "head")
 STATISTIC = (
     "per pair of interleaved blocks, log(head block median) - log(base block median); per "
-    "epoch (a fresh pair of worker processes), the Hodges-Lehmann estimate of its pairs; "
-    "ratio = exp(mean over epochs), Student's t on the epochs; each one-sided claim decided "
-    "at the look's share of alpha / cases (alpha * f**2 spent by a fraction f of the planned "
-    "epochs, the rest at the last look)"
+    "epoch (a fresh pair of worker processes), the Hodges-Lehmann estimate of its pairs; per "
+    "round (a fresh pair of servers, or one epoch of fresh interpreters), the mean of its "
+    "epochs'; ratio = exp(mean over rounds), Student's t on the rounds; each one-sided claim "
+    "decided at the look's share of alpha / cases (alpha * f**2 spent by a fraction f of the "
+    "planned rounds, the rest at the last look)"
 )
 
 
@@ -39,6 +40,7 @@ class Block:
     started_s: float  # since the case began
     times: tuple[float, ...]  # under DDP each the slowest rank's
     rank_times: tuple[tuple[float, ...], ...] | None = None  # every rank's, under DDP
+    round: int = 0  # which pair of servers forked those workers (see verdict)
 
     @property
     def median(self) -> float:
@@ -49,6 +51,7 @@ class Block:
             "side": self.side,
             "pair": self.pair,
             "epoch": self.epoch,
+            "round": self.round,
             "started_s": self.started_s,
             "times_s": list(self.times),
         }
@@ -72,6 +75,21 @@ class CaseComparison:
     prepared: dict = field(default_factory=dict)
     skipped_updates: dict = field(default_factory=lambda: dict.fromkeys(SIDES, 0))
     failure: str | None = None
+    # each epoch: which worker started first, which was prepared first, and when it was timed
+    epoch_log: list[dict] = field(default_factory=list)
+    epochs_per_round: int = 1
+    round_costs_s: list[float] = field(default_factory=list)  # each round's wall time
+    outlook: dict | None = None  # at the first look: what the budget can decide (interleave)
+
+    @property
+    def round_cost_s(self) -> float:
+        """What a round costs: the mean of the rounds so far."""
+        costs = self.round_costs_s
+        return sum(costs) / len(costs) if costs else 0.0
+
+    @property
+    def rounds(self) -> int:
+        return len({b.round for b in self.blocks})
 
     def median(self, side: str) -> float | None:
         times = [t for b in self.blocks if b.side == side for t in b.times]
@@ -89,17 +107,18 @@ class CaseComparison:
     def epochs(self) -> int:
         return len({b.epoch for b in self.blocks})
 
-    def pair_log_ratios(self) -> list[list[float]]:
-        """Per epoch, each pair's log(head block median) - log(base block median)."""
+    def pair_log_ratios(self) -> list[list[list[float]]]:
+        """Per round, per epoch, each pair's log(head block median) - log(base block median)."""
         by_pair: dict[int, dict[str, Block]] = {}
         for b in self.blocks:
             by_pair.setdefault(b.pair, {})[b.side] = b
-        by_epoch: dict[int, list[float]] = {}
+        rounds: dict[int, dict[int, list[float]]] = {}
         for pair in by_pair.values():
             if len(pair) == 2:
                 ratio = math.log(pair["head"].median) - math.log(pair["base"].median)
-                by_epoch.setdefault(pair["head"].epoch, []).append(ratio)
-        return list(by_epoch.values())
+                head = pair["head"]
+                rounds.setdefault(head.round, {}).setdefault(head.epoch, []).append(ratio)
+        return [list(epochs.values()) for epochs in rounds.values()]
 
     @property
     def verdict(self) -> str:
@@ -118,6 +137,8 @@ class CaseComparison:
             "head_median_s": self.median("head"),
             "pairs": self.pairs,
             "epochs": self.epochs,
+            "rounds": self.rounds,
+            "epochs_per_round": self.epochs_per_round,
             "looks": self.looks,
             "look_alphas": self.look_alphas,
             "planned_looks": self.planned_looks,
@@ -126,6 +147,9 @@ class CaseComparison:
             "elapsed_s": self.elapsed_s,
             "prepared": self.prepared,
             "skipped_updates": self.skipped_updates,
+            "outlook": self.outlook,
+            "epoch_log": self.epoch_log,
+            "round_costs_s": self.round_costs_s,
             "blocks": [b.to_dict() for b in self.blocks],
         }
 
@@ -136,6 +160,7 @@ class Comparison:
     sides: dict[str, dict] = field(default_factory=dict)  # what each side ran, and where
     cases: list[CaseComparison] = field(default_factory=list)
     interrupted: bool = False
+    workers: dict = field(default_factory=dict)  # how the workers started (settings.workers)
 
     @property
     def deciding_case(self) -> CaseComparison | None:
@@ -166,6 +191,7 @@ class Comparison:
             "interrupted": self.interrupted,
             "settings": self.settings.to_dict(),
             "statistic": STATISTIC,
+            "workers": self.workers,
             "sides": self.sides,
             "cases": [c.to_dict() for c in self.cases],
         }

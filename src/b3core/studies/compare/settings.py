@@ -12,12 +12,21 @@ from b3core.spec.validate import parse_positive_int, parse_positive_number
 DEFAULT_MAX_TIME_S = 160.0  # with the workers' start, a verdict within 3 minutes
 DEFAULT_THRESHOLD = 0.02
 DEFAULT_ALPHA = 0.05
-# Two processes running the same code can differ by a few percent for as long as they live
-# (memory layout and page backing, thread placement): 3-4% between processes on a 2-core VM,
-# 25% for a 4 ms step. Fresh workers for every epoch turn that into noise that the spread of
-# the epochs measures, instead of a bias that no number of blocks from one pair could reveal.
-DEFAULT_EPOCH_S = 3.0
-DEFAULT_MIN_EPOCHS = 5  # the first look; fewer epochs leave t too few degrees of freedom
+# Two processes running the same code can differ for as long as they live (their heap's
+# history above all): fresh workers for every epoch turn that into noise that the spread of the
+# epochs measures, instead of a bias that no number of blocks from one pair could reveal. Short
+# epochs, many of them, measure it best (docs/results/vm-cpu/process-effect-*.md).
+DEFAULT_EPOCH_S = 1.0
+DEFAULT_MIN_ROUNDS = 5  # the first look; fewer rounds leave t too few degrees of freedom
+FORK, EXEC = "fork", "exec"
+# fork: each side's server imports once and forks a fresh worker per epoch (milliseconds);
+# exec: a fresh interpreter per epoch (seconds of imports); data-parallel worlds always exec
+WORKER_STARTS = (FORK, EXEC)
+# glibc's malloc raises its mmap threshold as a process frees large blocks and trims its heap
+# as it sees fit, so two processes of the same code page-fault differently for their whole
+# lives: fixed thresholds cut the spread between fresh processes by half or more
+# (docs/results/vm-cpu/process-effect-*.md). A user's own MALLOC_* settings win.
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
 
 
 def _fraction(text: str) -> float:
@@ -73,14 +82,42 @@ class CompareSettings(Record):
             f"replaced by fresh ones (default {DEFAULT_EPOCH_S:g})",
         ),
     )
-    min_epochs: int = field(
-        default=DEFAULT_MIN_EPOCHS,
+    min_rounds: int = field(
+        default=DEFAULT_MIN_ROUNDS,
         metadata=option(
-            "--min-epochs",
+            "--min-rounds",
             parse=lambda text: parse_positive_int("value", text, 2),
-            help=f"epochs before the first look (at least 2; default {DEFAULT_MIN_EPOCHS})",
+            help="rounds (fresh servers, or fresh interpreters) before the first look (at "
+            f"least 2; default {DEFAULT_MIN_ROUNDS})",
         ),
     )
-    seed: int = field(default=0, metadata=option("--seed", type=int, help="block order's seed"))
+    workers: str = field(
+        default=FORK,
+        metadata=option(
+            "--workers",
+            choices=WORKER_STARTS,
+            help="how each epoch's fresh worker starts: forked by the side's server, which "
+            "imported torch and the side's code once, or as a fresh interpreter (default "
+            f"{FORK})",
+        ),
+    )
+    fixed_malloc: bool = field(
+        default=True,
+        metadata=option(
+            "--dynamic-malloc",
+            action="store_false",
+            help="leave glibc's malloc thresholds dynamic in the workers (fixed by default: "
+            "they made fresh processes of the same code differ)",
+        ),
+    )
+    seed: int = field(
+        default=0, metadata=option("--seed", type=int, help="seed of the orders drawn at random")
+    )
     clock: str = "blocked"
     warmup: int = MIN_WARMUP
+    # each forked worker's heap and mappings shifted at random (docs/results: process effect)
+    shift_layout: bool = True
+
+    def worker_environment(self) -> dict[str, str]:
+        """What the workers' environment adds to the parent's."""
+        return dict(FIXED_MALLOC) if self.fixed_malloc else {}

@@ -1,6 +1,11 @@
-"""The parent's end of the worker protocol (see `worker`): start a side's worker, ask, read the
-answer, and end it, whatever happens. The parent asks one worker at a time and waits for its
-answer, so the two sides never run at once, on a CPU or on a shared GPU."""
+"""The parent's end of the worker protocol (see `worker`): start a side's workers, ask, read
+the answer, and end them, whatever happens. The parent asks one worker at a time and waits for
+its answer, so the two sides never run at once, on a CPU or on a shared GPU.
+
+A side's fresh worker for each epoch is either a child forked by the side's server (`Zygote`:
+torch and the side's code imported once, a worker in milliseconds) or a fresh interpreter
+(`ExecWorker`: seconds of imports per epoch; also each data-parallel world).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from b3core.errors import B3Error
+from b3core.measuring.protocol import BAD_INPUT, IMPORT, OUT_OF_MEMORY, Failure
 from b3core.studies.compare import worker as worker_module
 from b3core.studies.compare.sides import Side
 
@@ -24,6 +31,7 @@ EXIT_GRACE_S = 5.0
 # The longest a request may take (a first build with torch.compile, say) before its worker is
 # taken for hung
 ANSWER_TIMEOUT_S = 900.0
+CONTROL_TIMEOUT_S = 600.0  # a side's server importing torch and the side's code
 
 
 class CaseFailed(Exception):
@@ -34,6 +42,10 @@ class CaseFailed(Exception):
         self.side, self.message = side, message
 
 
+class CannotFork(Exception):
+    """The side's server would not fork safely (its imports started threads)."""
+
+
 @dataclass(frozen=True)
 class World:
     """A side run data-parallel: `nproc_per_node` ranks on `device` (its name, as in a spec)."""
@@ -42,91 +54,152 @@ class World:
     device: str
 
 
-class WorkerProcess:
-    """One side's worker (a world of ranks, given a World). Started in its own session, so
-    that Ctrl-C reaches only the parent, which then ends the workers itself. Its command line
-    names the side's code (unused by the worker; it tells the workers of a comparison apart in
-    a process list)."""
+def side_environment(side: Side, extra: dict[str, str]) -> dict[str, str]:
+    """The parent's environment, the side's code first on the path, and `extra` where the
+    user set nothing."""
+    env = {**extra, **os.environ}
+    env["PYTHONPATH"] = os.pathsep.join([*side.python_path, *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
-    def __init__(self, side: Side, world: World | None = None):
-        self.side = side
-        ranks = []
-        if world is not None:
-            ranks = ["--nproc-per-node", str(world.nproc_per_node), "--device", world.device]
-        self.stderr = tempfile.TemporaryFile()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [*side.python_path, *filter(None, [env.get("PYTHONPATH")])]
+
+def side_label(side: Side) -> str:
+    sha = f" ({side.sha[:10]})" if side.sha else ""
+    return f"{side.name.upper()}{sha}"
+
+
+class StderrLog:
+    """A worker's stderr, kept in a temporary file: its last line explains a death."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()
+
+    def last_line(self) -> str:
+        self.file.seek(0)
+        lines = self.file.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else "no output"
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _start(side: Side, *arguments: str, env: dict, stdin, stdout, stderr: StderrLog, pass_fds=()):
+    """The side's interpreter running the worker file, in a session of its own (so that Ctrl-C
+    reaches only the parent, which then ends the workers itself). Its command line names the
+    side's code, which tells the workers of a comparison apart in a process list."""
+    try:
+        return subprocess.Popen(
+            [side.spec.python, str(WORKER_FILE), str(side.code_dir), *arguments],
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr.file,
+            text=True,
+            cwd=side.code_dir,
+            env=side_environment(side, env),
+            start_new_session=True,
+            pass_fds=pass_fds,
         )
-        try:
-            self.proc = subprocess.Popen(
-                [side.spec.python, str(WORKER_FILE), str(side.code_dir), *ranks],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self.stderr,
-                text=True,
-                cwd=side.code_dir,
-                env=env,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            self.stderr.close()
-            raise B3Error(f"{self.label}: cannot start {side.spec.python!r}: {exc}") from None
+    except OSError as exc:
+        stderr.close()
+        raise B3Error(f"{side_label(side)}: cannot start {side.spec.python!r}: {exc}") from None
+
+
+class Worker:
+    """One side's worker for one epoch, spoken to in JSON lines over `requests`/`answers`."""
+
+    def __init__(self, side: Side, requests, answers, stderr: StderrLog):
+        self.side, self.requests, self.answers, self.stderr = side, requests, answers, stderr
 
     @property
     def label(self) -> str:
-        sha = f" ({self.side.sha[:10]})" if self.side.sha else ""
-        return f"{self.side.name.upper()}{sha}"
-
-    def _stderr_tail(self) -> str:
-        self.stderr.seek(0)
-        lines = self.stderr.read().decode(errors="replace").strip().splitlines()
-        return lines[-1] if lines else "no output"
+        return side_label(self.side)
 
     def _read_answer(self, timeout: float) -> str:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        ready, _, _ = select.select([self.answers], [], [], timeout)
         if not ready:
             self.kill()
             raise B3Error(f"{self.label}'s worker gave no answer in {timeout:g} s")
-        return self.proc.stdout.readline()
+        return self.answers.readline()
 
     def ask(self, op: str, timeout: float = ANSWER_TIMEOUT_S, **arguments) -> dict:
         """Send one request and wait for its answer. A failure of the case raises CaseFailed;
         a side that cannot run at all, or a dead or hung worker, raises B3Error."""
         try:
-            self.proc.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
-            self.proc.stdin.flush()
+            self.requests.write(json.dumps({"op": op, **arguments}) + "\n")
+            self.requests.flush()
             line = self._read_answer(timeout)
         except (BrokenPipeError, OSError, ValueError):
             line = ""
         if not line:
-            code = self.proc.wait()
-            raise B3Error(f"{self.label}'s worker died (exit {code}): {self._stderr_tail()}")
+            raise B3Error(f"{self.label}'s worker died ({self.ended()}): {self.stderr.last_line()}")
         try:
             answer = json.loads(line)
         except json.JSONDecodeError:
             answer = None
         if not isinstance(answer, dict):
             raise B3Error(f"{self.label}: its worker answered {line.strip()[:80]!r}, not b3's")
-        if "error" not in answer:
+        failure = Failure.from_answer(answer)
+        if failure is None:
             return answer
-        kind, message = answer["error"], answer.get("message", "")
-        if kind == "out_of_memory":
-            raise CaseFailed(self.side.name, f"out of memory ({message})")
-        if kind == "import":
-            raise B3Error(f"{self.label}: its code does not provide what b3 needs: {message}")
-        if kind == "bad_input":
-            raise B3Error(f"{self.label}: {message}")
-        raise B3Error(f"{self.label}: {op} failed: {message}")
+        if failure.kind == OUT_OF_MEMORY:
+            raise CaseFailed(self.side.name, f"out of memory ({failure.message})")
+        if failure.kind == IMPORT:
+            raise B3Error(
+                f"{self.label}: its code does not provide what b3 needs: {failure.message}"
+            )
+        if failure.kind == BAD_INPUT:
+            raise B3Error(f"{self.label}: {failure.message}")
+        raise B3Error(f"{self.label}: {op} failed: {failure.message}")
 
     def retire(self) -> None:
-        """Ask the worker to exit, without waiting: it tears down while others start."""
-        if self.proc.poll() is None and not self.proc.stdin.closed:
+        """Ask the worker to exit, without waiting."""
+        if not self.requests.closed:
             try:
-                self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
-                self.proc.stdin.close()
+                self.requests.write(json.dumps({"op": "exit"}) + "\n")
+                self.requests.close()
             except OSError:
                 pass
+
+    def ended(self) -> str:
+        """Wait for the end of a worker that is dying; how it ended."""
+        raise NotImplementedError
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the worker ended within `timeout` seconds."""
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def close(self, grace: float = EXIT_GRACE_S) -> None:
+        """End the worker: ask it to exit, then kill it if it has not within `grace` seconds.
+        Closing twice is fine."""
+        self.retire()
+        if not self.wait(grace):
+            self.kill()
+        self.answers.close()
+
+
+class ExecWorker(Worker):
+    """A fresh interpreter (a world of ranks, given a World)."""
+
+    def __init__(self, side: Side, world: World | None = None, env: dict | None = None):
+        ranks = []
+        if world is not None:
+            ranks = ["--nproc-per-node", str(world.nproc_per_node), "--device", world.device]
+        stderr = StderrLog()
+        pipe = subprocess.PIPE
+        self.proc = _start(side, *ranks, env=env or {}, stdin=pipe, stdout=pipe, stderr=stderr)
+        super().__init__(side, self.proc.stdin, self.proc.stdout, stderr)
+
+    def ended(self) -> str:
+        return f"exit {self.proc.wait()}"
+
+    def wait(self, timeout: float) -> bool:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def kill(self) -> None:
         """Kill the worker's whole process group (it leads its own session)."""
@@ -136,31 +209,149 @@ class WorkerProcess:
             except ProcessLookupError:
                 pass
             self.proc.wait()
-        if not self.proc.stdin.closed:
+        if not self.requests.closed:
             try:  # a rank left behind reads the end of its requests, and exits
-                self.proc.stdin.close()
+                self.requests.close()
             except OSError:
                 pass
 
     def close(self, grace: float = EXIT_GRACE_S) -> None:
-        """End the worker: ask it to exit, then kill it if it has not within `grace` seconds.
-        Closing twice is fine."""
-        if self.stderr.closed:
+        if self.stderr.file.closed:
             return
-        self.retire()
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        self.proc.stdout.close()
+        super().close(grace)
         self.stderr.close()
 
 
-def close_all(workers: Iterable[WorkerProcess], grace: float = EXIT_GRACE_S) -> None:
+class ForkedWorker(Worker):
+    """A child of a side's server, spoken to over its own socket. It has ended when the socket
+    reads its end: no other process holds the worker's end of it."""
+
+    def __init__(self, side: Side, pid: int, channel: socket.socket, stderr: StderrLog):
+        self.pid, self.channel = pid, channel
+        super().__init__(side, channel.makefile("w"), channel.makefile("r"), stderr)
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            ready, _, _ = select.select(
+                [self.channel], [], [], max(0.0, deadline - time.monotonic())
+            )
+            if not ready:
+                return False
+            try:
+                if not self.channel.recv(65536):
+                    return True
+            except OSError:
+                return True
+
+    def ended(self) -> str:
+        return "ended" if self.wait(EXIT_GRACE_S) else "hung"
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.wait(EXIT_GRACE_S)
+
+    def close(self, grace: float = EXIT_GRACE_S) -> None:
+        if self.channel.fileno() < 0:
+            return
+        super().close(grace)
+        self.channel.close()
+
+
+class Zygote:
+    """A side's server: one interpreter that has imported torch and the side's code, forking a
+    fresh worker for each epoch. Its children share its session, so ending its process group
+    ends them all."""
+
+    def __init__(self, side: Side, env: dict | None = None):
+        self.side = side
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.stderr = StderrLog()
+        try:
+            self.proc = _start(
+                side,
+                "--zygote",
+                str(theirs.fileno()),
+                env=env or {},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self.stderr,
+                pass_fds=(theirs.fileno(),),
+            )
+        finally:
+            theirs.close()
+
+    def _request(self, request: dict, fds: tuple[int, ...] = ()) -> dict:
+        try:
+            socket.send_fds(self.control, [json.dumps(request).encode()], list(fds))
+            ready, _, _ = select.select([self.control], [], [], CONTROL_TIMEOUT_S)
+            message = self.control.recv(worker_module.CONTROL_MESSAGE_BYTES) if ready else b""
+        except OSError:
+            message = b""
+        if not message:
+            self.kill()
+            raise B3Error(
+                f"{side_label(self.side)}'s worker server died: {self.stderr.last_line()}"
+            )
+        return json.loads(message)
+
+    def preload(self, model: str) -> None:
+        """Import the model's own code once, before any fork."""
+        failure = Failure.from_answer(self._request({"op": "preload", "model": model}))
+        if failure is not None:
+            raise B3Error(f"{side_label(self.side)}: {failure.message}")
+
+    def fork(self, seed: int, shift_layout: bool = True) -> ForkedWorker:
+        """A fresh worker, its heap and mapping area shifted by amounts drawn from `seed`."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        request = {"op": "fork", "seed": seed, "shift_layout": shift_layout}
+        try:
+            answer = self._request(request, (theirs.fileno(),))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        if "pid" not in answer:
+            ours.close()
+            raise CannotFork(answer.get("message", "no reason given"))
+        return ForkedWorker(self.side, answer["pid"], ours, self.stderr)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+    def close(self, grace: float = EXIT_GRACE_S) -> None:
+        """End the server and every worker it forked."""
+        if self.stderr.file.closed:
+            return
+        if self.proc.poll() is None:
+            try:
+                socket.send_fds(self.control, [b'{"op": "exit"}'], [])
+            except OSError:
+                pass
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()  # the server and any child still in its group
+        self.control.close()
+        self.stderr.close()
+
+
+def close_all(workers: Iterable[Worker | Zygote], grace: float = EXIT_GRACE_S) -> None:
     """End several workers within one shared grace period."""
     workers = list(workers)
     for worker in workers:
-        worker.retire()
+        if isinstance(worker, Worker):
+            worker.retire()
     deadline = time.monotonic() + grace
     for worker in workers:
         worker.close(max(0.0, deadline - time.monotonic()))
