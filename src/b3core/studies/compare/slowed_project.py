@@ -24,6 +24,8 @@ from pathlib import Path
 
 MODULE = "b3_slowed"
 FACTORY = f"{MODULE}:build"
+CALIBRATION_ROUNDS = 5
+CALIBRATION_TOLERANCE = 0.1  # the slowdown found lies within 10% of the one asked for
 
 SOURCE = '''"""A user's model for checking `b3 compare`: b3's {model}, plus EXTRA_OPS extra
 products of a {ballast}x{ballast} matrix in every forward pass (device work: HEAD's change)."""
@@ -126,10 +128,12 @@ class Calibration:
         return {**self.__dict__, "ci95": list(self.ci95)}
 
 
-def calibrate(spec, slowdown: float, project: Path, pairs: int = 40) -> Calibration:
-    """How many extra operations make `spec`'s step (its model: FACTORY) slower by `slowdown`,
-    and the slowdown they make, measured in one process: the plain and the slowed step
-    alternate, in a balanced order, on the same built model, weights and memory."""
+def calibrate(spec, slowdown: float, project: Path, pairs: int = 30) -> Calibration:
+    """How many extra operations make `spec`'s step (its model: FACTORY) slower by `slowdown`
+    (within CALIBRATION_TOLERANCE, in at most CALIBRATION_ROUNDS tries of `pairs` pairs), and
+    the slowdown they make, measured in one process: the plain and the slowed step alternate,
+    in a balanced order, on the same built model, weights and memory. The figure returned is
+    the last try's."""
     import numpy as np
     from scipy import stats
 
@@ -151,12 +155,19 @@ def calibrate(spec, slowdown: float, project: Path, pairs: int = 40) -> Calibrat
                 out.append(times[extra_ops] / times[0])
             return out
 
+        def mean_slowdown(extra_ops: int, n: int) -> tuple[list[float], float]:
+            found = ratio(extra_ops, n)
+            return found, float(np.exp(np.mean(np.log(found)))) - 1
+
         step_s = block(0)
-        extra = 100
-        for _ in range(3):  # each op's cost from the last guess, then a closer guess
-            measured = statistics.median(ratio(extra, 6)) - 1
+        _, rough = mean_slowdown(100, 6)  # the operations' cost, roughly
+        extra = max(1, round(100 * slowdown / max(rough, 1e-4)))
+        for attempt in range(CALIBRATION_ROUNDS):
+            found, measured = mean_slowdown(extra, pairs)
+            close = abs(measured - slowdown) <= CALIBRATION_TOLERANCE * slowdown
+            if close or attempt == CALIBRATION_ROUNDS - 1:
+                break
             extra = max(1, round(extra * slowdown / max(measured, 1e-4)))
-        found = ratio(extra, pairs)
         module.EXTRA_OPS = 0
     logs = np.log(found)  # the same scale as compare's estimate: exp(mean log ratio)
     interval = stats.ttest_1samp(logs, 0.0).confidence_interval(0.95)
