@@ -27,11 +27,14 @@ def tests(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", "tests", *session.posargs)
 
 
-@nox.session
+@nox.session(venv_params=REUSE_TORCH)
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    """ruff, and import-linter's contracts on b3's layers (pyproject.toml)."""
+    session.install("ruff", "import-linter")
+    session.install("--no-deps", "-e", ".")
     session.run("ruff", "check", "src", "tests", "benchmarks", "examples", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "examples", "noxfile.py")
+    session.run("lint-imports")
 
 
 @nox.session(venv_params=REUSE_TORCH)

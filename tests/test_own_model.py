@@ -18,7 +18,7 @@ from b3core.errors import B3Error
 from b3core.measuring.runner import measure
 from b3core.spec.step import StepSpec, Timing
 from b3core.workloads import model_sources
-from b3core.workloads.build import build_workload
+from b3core.workloads.build import build_workload, resolve
 from b3core.workloads.models import create_model, get_model_spec, list_models
 from tests.cli_helpers import b3
 
@@ -102,7 +102,7 @@ def test_a_factory_declares_its_input_with_the_decorator_or_attributes(nets):
     mlp, text = get_model_spec(f"{nets}:mlp"), get_model_spec(f"{nets}:text")
     assert (mlp.input_shape, mlp.num_classes, mlp.input_dtype) == ((20,), 3, "float32")
     assert (text.input_shape, text.input_dtype, text.vocab_size) == ((6,), "int64", 50)
-    workload = build_workload(StepSpec(f"{nets}:text", 4, device="cpu"), CPU)
+    workload = build_workload(resolve(StepSpec(f"{nets}:text", 4, device="cpu")))
     assert workload.info.input_dtype == "int64" and workload.info.input_shape == (6,)
 
 

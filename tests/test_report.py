@@ -8,8 +8,8 @@ import pytest
 from b3core.cli import main
 from b3core.errors import B3Error
 from b3core.measuring.result import PeakMemory, StepResult
+from b3core.measuring.saved_results import load_benchmark_json
 from b3core.measuring.stats import Measurement
-from b3core.reports.results import load_benchmark_json
 from b3core.spec import StepSpec
 from b3core.suites.pytest_plugin import extra_info
 
@@ -46,7 +46,7 @@ def test_loading_results_needs_neither_torch_nor_a_model_that_still_exists(tmp_p
         "        if name.split('.')[0] in ('torch', 'torchvision'):\n"
         "            raise ImportError(f'{name} is blocked for this test')\n"
         "sys.meta_path.insert(0, NoTorch())\n"
-        "from b3core.reports.results import load_benchmark_json\n"
+        "from b3core.measuring.saved_results import load_benchmark_json\n"
         f"r = load_benchmark_json({str(path)!r}).results[0]\n"
         "print(r.spec.model, round(r.measurement.throughput.samples_per_s))"
     )

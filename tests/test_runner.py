@@ -55,8 +55,8 @@ def counted(monkeypatch):
     counts, brackets = Counts(), []
     real_prepare, real_time = build.prepare_training, runner.time_block
 
-    def prepare_with_hooks(spec, device, seed=0):
-        trainer = real_prepare(spec, device, seed)
+    def prepare_with_hooks(step, seed=0):
+        trainer = real_prepare(step, seed)
         trainer.model.register_forward_hook(
             lambda *a: setattr(counts, "forward", counts.forward + 1)
         )
@@ -125,8 +125,8 @@ def scaled_and_poisoned(monkeypatch):
     chosen = []
     real_prepare = build.prepare_training
 
-    def prepare(spec, device, seed=0):
-        trainer = real_prepare(spec, device, seed)
+    def prepare(step, seed=0):
+        trainer = real_prepare(step, seed)
         ref = [trainer]
         trainer.model = Poisoned(trainer.model, ref, chosen)
         trainer.scaler = torch.amp.GradScaler("cpu")
@@ -191,3 +191,16 @@ def test_the_public_api_is_importable_from_the_top():
     result = b3core.measure(b3core.StepSpec("simple_cnn", 2, device=CPU), b3core.Timing(repeats=2))
     assert isinstance(result, b3core.StepResult)
     assert "simple_cnn" in b3core.list_models()
+
+
+def test_a_spec_is_resolved_once_per_measurement(monkeypatch):
+    """The device, the model and its input are resolved once, into the step that the build
+    takes: the model's name is looked up once, and so is the device."""
+    from b3core.workloads import build, models
+
+    looked_up, devices = [], []
+    real_lookup, real_device = models.get_model_spec, build.resolve_device
+    monkeypatch.setattr(models, "get_model_spec", lambda n: looked_up.append(n) or real_lookup(n))
+    monkeypatch.setattr(build, "resolve_device", lambda n: devices.append(n) or real_device(n))
+    measure(StepSpec("simple_cnn", 4, device=CPU), Timing(repeats=2))
+    assert looked_up == ["simple_cnn"] and len(devices) == 1

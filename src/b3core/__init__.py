@@ -40,7 +40,7 @@ _PUBLIC = {
     "list_models": "b3core.workloads.models",
     "register_model": "b3core.workloads.models",
     "model_inputs": "b3core.workloads.model_sources",
-    "load_benchmark_json": "b3core.reports.results",
+    "load_benchmark_json": "b3core.measuring.saved_results",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -187,8 +187,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _compare_saved(args: argparse.Namespace, settings) -> int:
+    from b3core.measuring.saved_results import load_benchmark_json
     from b3core.reports.compare_report import saved_table
-    from b3core.reports.results import load_benchmark_json
     from b3core.studies.compare.saved import compare_saved
     from b3core.studies.compare.verdict import exit_code
 

@@ -44,11 +44,11 @@ def cmd_converge(args: argparse.Namespace) -> int:
     from b3core.measuring.machine import machine_record
     from b3core.reports.converge_report import write_converge_report
     from b3core.studies.converge import ConvergeLog, prepare_study, run_study
-    from b3core.workloads.build import check_buildable, target_device
+    from b3core.workloads.build import resolve
 
     spec = ConvergeSpec(**{name: getattr(args, name) for name in ConvergeSpec.__dataclass_fields__})
     step = spec_from_args(args, batch_size=min(spec.batch_sizes), mode="train")
-    check_buildable(step)
+    device = resolve(step).device
     step, splits = prepare_study(spec, step)
     machine = machine_record()
     log = ConvergeLog.open(args.out, spec, step, resume=args.resume, machine=machine)
@@ -66,7 +66,7 @@ def cmd_converge(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        run_study(spec, step, splits, target_device(step), log, on_run)
+        run_study(spec, step, splits, device, log, on_run)
     except KeyboardInterrupt:
         bar.close()
         print(

@@ -13,8 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from b3core.measuring.saved_results import load_benchmark_json
     from b3core.reports.benchmark_report import write_benchmark_report
-    from b3core.reports.results import load_benchmark_json
 
     report = write_benchmark_report([load_benchmark_json(path) for path in args.files], args.out)
     print(report.markdown)

@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from b3core.measuring.distributed import process_group
     from b3core.studies.experiment import RunConfig
-    from b3core.workloads.build import check_buildable, target_device
+    from b3core.workloads.build import resolve
     from b3core.workloads.devices import mixed_precision_for, resolve_device
 
     if args.num_devices > 1 and args.nproc_per_node is None:
@@ -89,10 +89,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         warmup=args.warmup,
     )
+    device = resolve(cfg.step).device  # bad input fails here, once, not in every rank
     if launch.wanted(args):
-        check_buildable(cfg.step)  # bad input fails here, once, not in every rank
         return launch.run_ranks(args, args.argv)
-    with process_group(target_device(cfg.step)) as rank:
+    with process_group(device) as rank:
         return _run(args, cfg, rank)
 
 

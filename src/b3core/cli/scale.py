@@ -47,12 +47,12 @@ def cmd_scale(args: argparse.Namespace) -> int:
     from b3core.reports.scaling_report import plot_scaling, scaling_frame
     from b3core.reports.tables import to_text
     from b3core.studies.scaling import per_rank_batch
-    from b3core.workloads.build import check_buildable
+    from b3core.workloads.build import resolve
 
     spec, timing = spec_from_args(args), timing_from_args(args)
     sizes = sorted(set(parse_batch_sizes(args.nproc_per_node)) | {1})
     per_rank = {n: per_rank_batch(spec.batch_size, n, args.scaling) for n in sizes}
-    check_buildable(spec)
+    resolve(spec)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []

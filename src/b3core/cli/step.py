@@ -28,14 +28,14 @@ def cmd_step(args: argparse.Namespace) -> int:
     from b3core.measuring.machine import machine_record
     from b3core.measuring.runner import measure
     from b3core.reports.tables import describe_step_result
-    from b3core.workloads.build import check_buildable, target_device
+    from b3core.workloads.build import resolve
 
     spec, timing = spec_from_args(args), timing_from_args(args)
+    step = resolve(spec)  # bad input fails here, once, not in every rank
     if launch.wanted(args):
-        check_buildable(spec)  # bad input fails here, once, not in every rank
         return launch.run_ranks(args, args.argv)
-    with process_group(target_device(spec)) as rank:
-        result = measure(spec, timing)
+    with process_group(step.device) as rank:
+        result = measure(step, timing)
     if rank is None or rank.rank == 0:
         print(describe_step_result(result))
         if args.json:

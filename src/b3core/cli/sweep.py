@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from b3core.measuring.distributed import process_group
     from b3core.studies.sweep import SweepPlan
-    from b3core.workloads.build import check_buildable, target_device
+    from b3core.workloads.build import resolve
 
     timing = timing_from_args(args)
     plan = SweepPlan(
@@ -64,12 +64,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         memory_budget=args.memory_budget,
         seed=args.seed,
     )
-    check_buildable(plan.base)  # a model, device or precision that cannot run fails before files
+    device = resolve(plan.base).device  # what cannot run fails before any file is written
     if launch.wanted(args):
         if plan.isolate:
             raise B3Error("--isolate runs each size in a fresh process; not with --nproc-per-node")
         return launch.run_ranks(args, args.argv)
-    with process_group(target_device(plan.base)) as rank:
+    with process_group(device) as rank:
         return _sweep(args, plan, rank)
 
 

@@ -78,10 +78,10 @@ def _measure_rank(spec: dict, timing: dict, memory_budget: int | None, seed: int
     """One rank of measure_in_ranks (runs in a process of torchrun's engine)."""
     from b3core.measuring.distributed import leave, process_group
     from b3core.measuring.runner import measure
-    from b3core.workloads.build import target_device
+    from b3core.workloads.build import resolve
 
-    step = StepSpec.from_dict(spec)
-    with process_group(target_device(step)):
+    step = resolve(StepSpec.from_dict(spec))
+    with process_group(step.device):
         try:
             result = measure(step, Timing.from_dict(timing), memory_budget=memory_budget, seed=seed)
         except StepOutOfMemory as oom:

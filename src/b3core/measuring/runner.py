@@ -29,7 +29,7 @@ from b3core.measuring.result import DistributedInfo, PeakMemory, StepResult, War
 from b3core.measuring.stats import Measurement
 from b3core.measuring.telemetry import TelemetrySampler, require_throttle_readings
 from b3core.spec.step import MIN_WARMUP, StepSpec, Timing
-from b3core.workloads.build import Workload, build_workload, target_device
+from b3core.workloads.build import ResolvedStep, Workload, build_workload, resolve
 from b3core.workloads.devices import device_context
 from b3core.workloads.info import WorkloadInfo
 from b3core.workloads.user_code import TRACEBACK_HINT, first_line
@@ -145,7 +145,7 @@ class GuardedRun(Generic[T]):
 
 
 def run_guarded(
-    spec: StepSpec,
+    spec: StepSpec | ResolvedStep,
     body: Callable[[ReadyStep], T],
     *,
     warmup: int = MIN_WARMUP,
@@ -158,12 +158,13 @@ def run_guarded(
     An out-of-memory error (real, or b3's budget guard) drops the step and the exception's frames,
     releases the device's memory, and is raised as StepOutOfMemory, so the caller can go on.
     """
-    device = target_device(spec)
+    step = spec if isinstance(spec, ResolvedStep) else resolve(spec)
+    spec, device = step.spec, step.device
     budget = MemoryBudget(device, memory_budget)
     workload = ready = None
     try:
         with device_context(device), PeakMemoryTracker(device) as tracker:
-            workload = build_workload(spec, device, seed)
+            workload = build_workload(step, seed)
             record, last = warm_up(workload, device, max(MIN_WARMUP, warmup))
             if tracker.warmed():  # the memory profiler slowed the steps so far: one more
                 last = time_block(workload.call, device)  # sets the block length honestly
@@ -185,7 +186,7 @@ def run_guarded(
 
 
 def measure(
-    spec: StepSpec,
+    spec: StepSpec | ResolvedStep,
     timing: Timing | None = None,
     *,
     memory_budget: int | None = None,
@@ -193,8 +194,10 @@ def measure(
 ) -> StepResult:
     """Warm up, then time `timing.repeats` samples with the named clock (default: Timing())."""
     timing = timing or Timing()
+    step = spec if isinstance(spec, ResolvedStep) else resolve(spec)  # once, for all below
+    spec = step.spec
     if timing.discard_throttled:
-        require_throttle_readings(target_device(spec))
+        require_throttle_readings(step.device)
 
     def timed(ready: ReadyStep):
         rank = distributed.current()
@@ -218,7 +221,7 @@ def measure(
         measured = Measurement(tuple(times), samples, k, timing.clock)
         return measured, ready.skipped_updates - skipped, rank_times, comm_share, telemetry
 
-    run = run_guarded(spec, timed, warmup=timing.warmup, memory_budget=memory_budget, seed=seed)
+    run = run_guarded(step, timed, warmup=timing.warmup, memory_budget=memory_budget, seed=seed)
     measured, skipped, rank_times, comm_share, telemetry = run.value
     rank = distributed.current()
     if rank is None:
@@ -305,7 +308,7 @@ def _comm_share(ready: ReadyStep, k: int) -> float:
     return 1.0 - statistics.median(local_slowest) / statistics.median(normal_slowest)
 
 
-def prepare(spec: StepSpec, warmup: int = MIN_WARMUP, seed: int = 0) -> ReadyStep:
+def prepare(spec: StepSpec | ResolvedStep, warmup: int = MIN_WARMUP, seed: int = 0) -> ReadyStep:
     """A built, warmed step for a timer that runs later and elsewhere (asv's time_* benchmarks
     take their samples after setup returns). Memory is not tracked past the warm-up."""
     return run_guarded(spec, lambda ready: ready, warmup=warmup, seed=seed).value

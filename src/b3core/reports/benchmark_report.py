@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from b3core.measuring.saved_results import ResultSet, source_labels
 from b3core.reports.plots import plot_batch_curves
-from b3core.reports.results import ResultSet, source_labels
 from b3core.reports.tables import comparison_frame, display_frame, results_frame, to_text
 
 RESULTS_TITLE = "Results (step time mean ± SD; samples/s = total samples / total time, 95% CI)"

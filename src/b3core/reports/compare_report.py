@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from b3core.reports.tables import format_time, to_text  # noqa: E402
-from b3core.studies.compare.records import SIDES, CaseComparison, Comparison  # noqa: E402
-from b3core.studies.compare.saved import SavedComparison  # noqa: E402
-from b3core.studies.compare.verdict import INCONCLUSIVE, Estimate  # noqa: E402
-from b3core.workloads.info import WorkloadInfo  # noqa: E402
+from b3core.reports.plots import subplots
+from b3core.reports.tables import format_time, to_text
+from b3core.studies.compare.records import SIDES, CaseComparison, Comparison
+from b3core.studies.compare.saved import SavedComparison
+from b3core.studies.compare.verdict import INCONCLUSIVE, Estimate
+from b3core.workloads.info import WorkloadInfo
 
 SIDE_COLOURS = {"base": "tab:blue", "head": "tab:orange"}
 DECISION_COLUMN = "head/base (decision interval, level)"
@@ -160,9 +157,7 @@ def plot_blocks(comparison: Comparison, path: str | Path) -> Path:
     """Each case's block medians in run order, both sides on one axis: drift shows, and so
     does why interleaving cancels it."""
     cases = [c for c in comparison.cases if c.blocks]
-    fig, axes = plt.subplots(
-        len(cases) or 1, 1, figsize=(9, 2.8 * max(1, len(cases))), squeeze=False
-    )
+    fig, axes = subplots(len(cases) or 1, 1, figsize=(9, 2.8 * max(1, len(cases))), squeeze=False)
     for ax, case in zip(axes[:, 0], cases):
         for side in SIDES:
             blocks = [b for b in case.blocks if b.side == side]
@@ -185,7 +180,6 @@ def plot_blocks(comparison: Comparison, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

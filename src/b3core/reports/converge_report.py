@@ -12,17 +12,15 @@ import json
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib import rcParams
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from b3core.reports.sweep_report import atomic_write  # noqa: E402
-from b3core.reports.tables import mean_pm_sd  # noqa: E402
-from b3core.spec.converge import CLOCK, ConvergeSpec  # noqa: E402
-from b3core.spec.step import StepSpec  # noqa: E402
+from b3core.reports.plots import subplots
+from b3core.reports.sweep_report import atomic_write
+from b3core.reports.tables import mean_pm_sd
+from b3core.spec.converge import CLOCK, ConvergeSpec
+from b3core.spec.step import StepSpec
 
 TO_TARGET = ("steps_to_target", "epochs_to_target", "samples_to_target", "seconds_to_target")
 ACCURACY = ("best_val_accuracy", "final_val_accuracy", "generalization_gap")
@@ -160,7 +158,7 @@ def plot_study(
     measured, the noise scale over training."""
     measured = any(p.get("noise_scale") for run in runs for p in run["curve"])
     panels = 4 if measured else 3
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
+    fig, axes = subplots(1, panels, figsize=(5 * panels, 4.2))
     steps_ax, samples_ax, time_ax = axes[:3]
     reached = summary.dropna(subset=["steps_to_target"])
     if not reached.empty:
@@ -187,7 +185,7 @@ def plot_study(
     steps_ax.set_ylabel("steps to target")
     if steps_ax.get_legend_handles_labels()[0]:
         steps_ax.legend(fontsize=8)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
     for i, batch in enumerate(sorted({run["batch_size"] for run in runs})):
         color = colors[i % len(colors)]
         for run in (r for r in runs if r["batch_size"] == batch):
@@ -218,7 +216,6 @@ def plot_study(
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

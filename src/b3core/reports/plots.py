@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from b3core.spec.sizes import is_power_of_two  # noqa: E402
+from b3core.spec.sizes import is_power_of_two
 
 SERIES_KEYS = ["source", "model", "mode", "precision", "accum"]
+
+
+def subplots(*grid, figsize, **options):
+    """A figure and its axes, drawn off-screen: the user's matplotlib backend is left alone."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **options)
 
 
 def mark_alignments(ax, batches: pd.Series) -> None:
@@ -45,7 +48,7 @@ def plot_batch_curves(
     """samples/s (95% CI bars) and step time (SD bars) vs batch size; peak memory too when the
     frame has it and a fit (fixed, per_sample) is given."""
     panels = 3 if memory_fit is not None else 2
-    fig, axes = plt.subplots(panels, 1, figsize=(9, 3.2 * panels), sharex=True)
+    fig, axes = subplots(panels, 1, figsize=(9, 3.2 * panels), sharex=True)
     rate_ax, time_ax = axes[0], axes[1]
     for label, g in _series(frame):
         low = g["samples_per_s"] - g["samples_per_s_ci95_low"]
@@ -99,5 +102,4 @@ def plot_batch_curves(
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

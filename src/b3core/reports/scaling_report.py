@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from b3core.measuring.result import StepResult  # noqa: E402
-from b3core.studies.scaling import efficiency  # noqa: E402
+from b3core.measuring.result import StepResult
+from b3core.reports.plots import subplots
+from b3core.studies.scaling import efficiency
 
 
 def scaling_frame(results: list[StepResult]) -> pd.DataFrame:
@@ -43,7 +40,7 @@ def _world(r: StepResult) -> int:
 
 
 def plot_scaling(frame: pd.DataFrame, path: Path, title: str) -> Path:
-    fig, (rate_ax, eff_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (rate_ax, eff_ax) = subplots(1, 2, figsize=(10, 4))
     rate_ax.plot(frame["world_size"], frame["samples_per_s"], "o-", label="measured")
     ideal = frame["samples_per_s"].iloc[0] * frame["world_size"]
     rate_ax.plot(frame["world_size"], ideal, "--", color="grey", label="linear")
@@ -58,5 +55,4 @@ def plot_scaling(frame: pd.DataFrame, path: Path, title: str) -> Path:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

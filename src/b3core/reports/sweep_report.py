@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -13,7 +14,9 @@ from b3core.reports.plots import plot_batch_curves
 from b3core.reports.tables import display_frame, results_frame, to_text
 from b3core.studies.alignment import compare_neighbours, comparison_frame, verdict
 from b3core.studies.memory_model import AnalyticMemory, analytic_fixed_memory
-from b3core.studies.sweep import SweepResult
+
+if TYPE_CHECKING:  # a record only: loading results never imports torch
+    from b3core.studies.sweep import SweepResult
 
 
 def sweep_frame(sweep: SweepResult) -> pd.DataFrame:

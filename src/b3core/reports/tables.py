@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from b3core.measuring.result import StepResult
 from b3core.measuring.stats import QUARTILES, Measurement, Summary, Throughput
-from b3core.studies.experiment import ExperimentResult
+
+if TYPE_CHECKING:  # a record only: loading results never imports torch
+    from b3core.studies.experiment import ExperimentResult
 
 MiB = 2**20
 

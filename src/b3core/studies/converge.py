@@ -29,10 +29,10 @@ from b3core.spec.converge import ConvergeSpec
 from b3core.spec.step import StepSpec
 from b3core.studies import log_file
 from b3core.studies.lr_rules import scale_lr, warmup_lr, warmup_steps
+from b3core.workloads.build import prepare_training, resolve
 from b3core.workloads.data import Splits, cifar10_splits, digits_splits, image_folder_splits
 from b3core.workloads.devices import synchronize
 from b3core.workloads.ghost_bn import use_ghost_batch_norm
-from b3core.workloads.training import prepare_training
 
 
 def load_splits(spec: ConvergeSpec, image_size: int) -> Splits:
@@ -200,7 +200,7 @@ def run_one(
 ) -> dict:
     """Train one (batch, seed) run; its record (see the module's doc)."""
     trainer = prepare_training(
-        step.replace(batch_size=batch // step.accumulation_steps), device, seed
+        resolve(step.replace(batch_size=batch // step.accumulation_steps)), seed
     )
     model = trainer.model
     if spec.ghost_batch:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from b3core.errors import B3Error
 from b3core.spec.step import StepSpec
@@ -23,27 +24,65 @@ from b3core.workloads.models import (
     has_batch_dependent_layers,
     step_model,
 )
-from b3core.workloads.training import Trainer, prepare_training
+from b3core.workloads.precision import autocast_factory, configure_math_mode, make_grad_scaler
+from b3core.workloads.training import Trainer, make_optimizer
+from b3core.workloads.user_step import bind_custom_step, load_loss
 
 
-def target_device(spec: StepSpec) -> torch.device:
-    """The spec's device, checked to exist and to run the spec's precision; under torchrun,
-    this rank's own GPU."""
-    device = rank_device(resolve_device(spec.device))
-    check_precision(spec.precision, device)
-    return device
+@dataclass(frozen=True)
+class ResolvedStep:
+    """A spec resolved once against the registry and the machine: its device (checked to exist
+    and to run the spec's precision; under torchrun this rank's own GPU), its model and the
+    input that the step feeds it. The build takes it as it is."""
+
+    spec: StepSpec
+    device: torch.device
+    model: ModelSpec
+    model_input: ModelInput
 
 
-def check_buildable(spec: StepSpec) -> tuple[ModelSpec, ModelInput]:
-    """Everything build_workload would refuse, without building: for commands that must fail
-    before they write any file. Returns the model and the input the step feeds it."""
+def resolve(spec: StepSpec) -> ResolvedStep:
+    """Everything the build would refuse, found without building: commands call it before they
+    write any file or start any rank."""
     model, model_input = step_model(spec)
     if spec.channels_last and len(model_input.shape) != 3:
         raise B3Error(f"--channels-last needs image input (CxHxW), not {spec.input_shape}")
     if spec.train_step and spec.mode == "inference":
         raise B3Error("--train-step times a training step; drop --inference")
-    target_device(spec)
-    return model, model_input
+    device = rank_device(resolve_device(spec.device))
+    check_precision(spec.precision, device)
+    return ResolvedStep(spec, device, model, model_input)
+
+
+def prepare_training(step: ResolvedStep, seed: int = 0) -> Trainer:
+    """The step's seeded model, optimizer, loss, precision settings and (if named) the user's
+    own step, ready on the device (in train mode)."""
+    spec, device = step.spec, step.device
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = spec.cudnn_benchmark  # autotuning runs in the warm-up
+    configure_math_mode(spec.precision, device)
+    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+    model = step.model.build(step.model_input)
+    model = model.to(device=device, memory_format=memory_format).train()
+    if spec.compile:
+        model = torch.compile(model)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    trainer = Trainer(
+        model=model,
+        optimizer=make_optimizer(spec.optimizer, model.parameters(), spec.lr),
+        scaler=make_grad_scaler(spec.precision, device),
+        autocast=autocast_factory(spec.precision, device),
+        memory_format=memory_format,
+        no_sync=getattr(model, "no_sync", None),
+    )
+    if spec.loss:
+        trainer.loss_fn = load_loss(spec.loss)
+    if spec.train_step:
+        bind_custom_step(trainer, spec)
+    return trainer
 
 
 @dataclass
@@ -57,9 +96,9 @@ class Workload:
     info: WorkloadInfo
 
 
-def build_workload(spec: StepSpec, device: torch.device, seed: int = 0) -> Workload:
-    model, model_input = check_buildable(spec)
-    trainer = prepare_training(spec, device, seed)
+def build_workload(step: ResolvedStep, seed: int = 0) -> Workload:
+    spec, device, model, model_input = step.spec, step.device, step.model, step.model_input
+    trainer = prepare_training(step, seed)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         seed += torch.distributed.get_rank()  # each rank its own shard of data
     inputs, targets = synthetic_batch(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from b3core.errors import B3Error
 from b3core.spec.step import INPUT_DTYPES, parse_shape, shape_dims
 from b3core.spec.validate import require_choice, require_positive_int
-from b3core.workloads.models import (
+from b3core.workloads.model_spec import (
     DEFAULT_INPUT_SHAPE,
     DEFAULT_NUM_CLASSES,
     ModelSpec,

@@ -15,10 +15,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from b3core.spec.step import OPTIMIZERS, StepSpec
+from b3core.spec.step import OPTIMIZERS
 from b3core.spec.validate import require_choice
-from b3core.workloads.models import step_model
-from b3core.workloads.precision import autocast_factory, configure_math_mode, make_grad_scaler
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -151,36 +149,3 @@ class Trainer:
 
     def infer(self, inputs: torch.Tensor) -> torch.Tensor:
         return inference_step(self.model, inputs, autocast=self.autocast)
-
-
-def prepare_training(spec: StepSpec, device: torch.device, seed: int = 0) -> Trainer:
-    """The spec's seeded model, optimizer, loss, precision settings and (if named) the user's
-    own step, ready on the device (in train mode)."""
-    from b3core.workloads.user_step import bind_custom_step, load_loss
-
-    torch.manual_seed(seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = spec.cudnn_benchmark  # autotuning runs in the warm-up
-    configure_math_mode(spec.precision, device)
-    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
-    model_spec, model_input = step_model(spec)
-    model = model_spec.build(model_input)
-    model = model.to(device=device, memory_format=memory_format).train()
-    if spec.compile:
-        model = torch.compile(model)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    trainer = Trainer(
-        model=model,
-        optimizer=make_optimizer(spec.optimizer, model.parameters(), spec.lr),
-        scaler=make_grad_scaler(spec.precision, device),
-        autocast=autocast_factory(spec.precision, device),
-        memory_format=memory_format,
-        no_sync=getattr(model, "no_sync", None),
-    )
-    if spec.loss:
-        trainer.loss_fn = load_loss(spec.loss)
-    if spec.train_step:
-        bind_custom_step(trainer, spec)
-    return trainer

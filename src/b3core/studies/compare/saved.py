@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass
 
 from b3core.errors import B3Error
-from b3core.reports.results import ResultSet
+from b3core.measuring.saved_results import ResultSet
 from b3core.studies.compare.verdict import (
     Estimate,
     overall_verdict,

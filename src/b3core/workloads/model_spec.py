@@ -1,0 +1,130 @@
+"""What b3 knows about a model, whatever its origin: how to build it and what it eats. The
+registry (models) and the outside sources (model_sources) both make these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from b3core.errors import B3Error
+from b3core.workloads.user_code import TRACEBACK_HINT, call_with_declared, first_line
+
+DEFAULT_INPUT_SHAPE = (3, 224, 224)
+DEFAULT_NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What one step feeds the model: a sample's shape and dtype, and the class count of its
+    targets (integer class ids, one per sample)."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    num_classes: int = DEFAULT_NUM_CLASSES
+    vocab_size: int | None = None  # token ids lie in [0, vocab_size) when dtype is int64
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3 and self.dtype == "float32"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What b3 knows about a model, whatever its origin: how to build it, what it eats, and
+    where it came from (recorded with every result)."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE
+    num_classes: int = DEFAULT_NUM_CLASSES
+    input_dtype: str = "float32"
+    vocab_size: int | None = None
+    min_image_size: int = 1
+    image_size_multiple: int = 1
+    resizable: bool = True
+    origin: str = "built-in"
+    package: str | None = None  # the distribution that provides it (entry points, timm)
+    version: str | None = None
+    description: str = ""
+
+    @property
+    def image_size(self) -> int | None:
+        return self.input_shape[-1] if len(self.input_shape) == 3 else None
+
+    def check_image_size(self, image_size: int) -> int:
+        if self.image_size is None:
+            shape = "x".join(map(str, self.input_shape))
+            raise B3Error(f"model {self.name} takes {shape} input, not images: use --input-shape")
+        if image_size == self.image_size:
+            return image_size
+        if not self.resizable:
+            raise B3Error(f"model {self.name} only takes {self.image_size}x{self.image_size} input")
+        if image_size < self.min_image_size or image_size % self.image_size_multiple:
+            rule = f"at least {self.min_image_size}"
+            if self.image_size_multiple > 1:
+                rule += f" and a multiple of {self.image_size_multiple}"
+            raise B3Error(f"model {self.name} needs an image size {rule}, got {image_size}")
+        return image_size
+
+    def resolve_input(
+        self,
+        *,
+        image_size: int | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        input_dtype: str | None = None,
+        vocab_size: int | None = None,
+        num_classes: int | None = None,
+    ) -> ModelInput:
+        """The model's own input, with what the user overrode."""
+        if input_shape is not None:
+            shape = tuple(input_shape)
+        elif image_size is not None:
+            size = self.check_image_size(image_size)
+            shape = (self.input_shape[0], size, size)
+        else:
+            shape = self.input_shape
+        dtype = input_dtype or self.input_dtype
+        vocab = vocab_size or self.vocab_size
+        if dtype == "int64" and vocab is None:
+            raise B3Error(f"model {self.name} takes int64 token ids: give --vocab-size")
+        classes = self.num_classes if num_classes is None else num_classes
+        if classes < 1:
+            raise B3Error(f"num_classes must be at least 1, got {classes}")
+        return ModelInput(shape, dtype, classes, vocab if dtype == "int64" else None)
+
+    def build(self, model_input: ModelInput) -> nn.Module:
+        """The model for this input, randomly initialised; the factory gets the keyword
+        arguments it declares among num_classes, image_size, input_shape and vocab_size."""
+        arguments = {
+            "num_classes": model_input.num_classes,
+            "image_size": model_input.shape[-1] if len(model_input.shape) == 3 else None,
+            "input_shape": model_input.shape,
+            "vocab_size": model_input.vocab_size,
+        }
+        # a **kwargs factory (torchvision's, timm's) gets num_classes only: its kwargs go on to
+        # the model's constructor, which knows nothing of image sizes
+        to_any = ("num_classes",)
+        if self.origin == "built-in":
+            model = call_with_declared(self.builder, arguments, to_any)
+        else:
+            try:
+                model = call_with_declared(self.builder, arguments, to_any)
+            except B3Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever the user's factory raised
+                raise B3Error(
+                    f"model {self.name}'s factory failed ({type(exc).__name__}: "
+                    f"{first_line(exc)}); {TRACEBACK_HINT}"
+                ) from exc
+        if not isinstance(model, nn.Module):
+            raise B3Error(
+                f"model {self.name} returned a {type(model).__name__}, not a torch.nn.Module"
+            )
+        return model
+
+
+def first_doc_line(obj: object) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+    return doc[0] if doc else ""
