@@ -31,6 +31,13 @@ from b3core.spec.step import PRECISIONS, StepSpec
 from b3core.studies.compare.slowed_project import FACTORY, calibrate, slowed_project
 
 
+def wait_while(pause: Path | None) -> None:
+    """Other work on this machine runs between comparisons, never during one: it creates
+    `pause`, waits for the comparison under way to end, and removes it when done."""
+    while pause is not None and pause.exists():
+        time.sleep(2)
+
+
 def run_compare(repo: Path, base: str, head: str, case: list[str], out: Path) -> dict:
     began = time.monotonic()
     proc = subprocess.run(
@@ -88,6 +95,11 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--compare-args", default="", help="more options for b3 compare")
     p.add_argument("--out", required=True, help="path stem: writes OUT.json and OUT.md")
+    p.add_argument(
+        "--pause-file",
+        type=Path,
+        help="before each comparison, wait while this file exists (other work between runs)",
+    )
     args = p.parse_args()
     case = [
         *("--model", FACTORY, "--batch-size", str(args.batch_size)),
@@ -115,6 +127,7 @@ def main() -> int:
         repo = slowed_project(Path(tmp) / "repo", injected.extra_ops, **shape)
         for i in range(args.runs):
             for kind, base in (("slowed", "HEAD~1"), ("unchanged", "HEAD")):
+                wait_while(args.pause_file)
                 row = run_compare(repo, base, "HEAD", case, Path(tmp) / "compare.json")
                 runs.append({"run": i, "kind": kind, **row})
                 print(
@@ -134,7 +147,7 @@ def main() -> int:
     out.with_suffix(".json").write_text(
         json.dumps(
             {
-                "settings": vars(args),
+                "settings": {k: str(v) for k, v in vars(args).items() if k != "pause_file"},
                 "injected_in_one_process": injected.to_dict(),
                 "estimate_against_injected": bias,
                 "machine": machine_record(),

@@ -64,6 +64,9 @@ def test_suite_reports_b3_extra_info_machine_and_summary(tmp_path, clock):
         assert info["samples_per_s"] == pytest.approx(samples * 4 * k / sum(raw["times_s"]))
         assert info["peak_memory_bytes"] > 0 and info["skipped_steps"] == 0
         assert "samples_per_step" not in info  # effective_batch_size says it, once
+        # the machine was sampled while pytest-benchmark timed: contended is a reading
+        assert info["b3_result"]["telemetry"]["seconds"] > 0
+        assert info["contended"] is info["b3_result"]["telemetry"]["contended"]
     assert "b3 summary" in proc.stdout and "samples/s (95% CI)" in proc.stdout
     # both IQRs appear in this terminal: b3 says which quartile rule is its own
     assert "b3's IQR uses quartiles by linear interpolation" in proc.stdout

@@ -52,6 +52,11 @@ def run_cli_exit(capsys, *argv):
         (["step", "--batch-size", "4", "--clock", "per-step", "--block-steps", "3"], "blocked"),
         (["step", "--batch-size", "4", "--lr", "fast"], "must be a number"),
         (["models", "zzz*"], "no model matches"),
+        (["sweep", "--batch-sizes", "4", "--inference"], "--inference is now --with-inference"),
+        (["run", "--repeats", "2"], "--repeats is now --runs"),
+        (["compare", "A", "B", "--min-epochs", "3"], "--min-epochs is now --min-rounds"),
+        (["run", "--strategy", "none", "--num-devices", "2"], "runs one process"),
+        (["sweep", "--batch-sizes", "1-100000", "--device", "cpu"], "more than 1000"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, fragment):
@@ -172,11 +177,11 @@ def test_run_accepts_b3s_flags_verbatim(capsys, tmp_path):
     assert payload["result"]["runs"][0]["train"]["samples"] == 64
 
 
-def test_run_dashed_flags_and_repeats(capsys):
+def test_run_dashed_flags_and_runs(capsys):
     code, out, _ = run_cli(
         capsys,
         "run --num-epochs 1 --batch-size 16 --model simple_cnn",
-        "--train-size 64 --device cpu --repeats 2",
+        "--train-size 64 --device cpu --runs 2",
     )
     assert code == 0
     assert "±" in out and "train samples/s" in out
@@ -197,3 +202,74 @@ def test_machine_prints_the_slug(capsys):
     assert code == 0 and re.fullmatch(r"[a-z0-9-]+", slug)
     if not torch.cuda.is_available():
         assert slug.endswith("-cpu")
+
+
+def test_every_option_of_every_command_is_read():
+    """No command offers an option that it does not read: each option's value is read by name
+    in its command's module, or is a field of a record (StepSpec, Timing, or any record built
+    from the command's options) that the command builds from them."""
+    import argparse
+    import dataclasses
+    import importlib
+    import inspect
+    import re
+
+    from b3core.cli import build_parser
+    from b3core.spec.step import StepSpec, Timing
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    launch_source = inspect.getsource(importlib.import_module("b3core.cli.launch"))
+    unread = []
+    for name, command in commands.choices.items():
+        module = inspect.getmodule(command.get_default("func"))
+        source = inspect.getsource(module) + launch_source
+        records = []
+        if "spec_from_args" in source:
+            records.append(StepSpec)
+        if "timing_from_args" in source:
+            records.append(Timing)
+        for record in re.findall(r"(\w+)\.__dataclass_fields__", source):
+            imported = re.search(rf"from ([\w.]+) import (\([^)]*|[^\n]*)\b{record}\b", source)
+            records.append(getattr(importlib.import_module(imported[1]), record))
+        fields = {f.name for record in records for f in dataclasses.fields(record)}
+        for action in command._actions:
+            dest = action.dest
+            if dest in ("help", "traceback", argparse.SUPPRESS):
+                continue
+            if not (re.search(rf"args\.{dest}\b", source) or dest in fields):
+                unread.append(f"b3 {name} {action.option_strings[0]}")
+    assert unread == []
+
+
+def test_a_finder_that_finds_nothing_that_fits_exits_with_the_out_of_memory_status(capsys):
+    code, out, _ = run_cli(
+        capsys, "find-max-batch --model simple_cnn --device cpu --memory-budget 1KiB"
+    )
+    assert code == 1 and "not even batch 1 fits" in out
+
+
+def test_sigterm_ends_a_sweep_as_ctrl_c_does(tmp_path):
+    """What timeout, CI cancellation and schedulers send: the units measured are kept, the
+    reports are written from them, and the exit status is the interrupt's."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "b3core.cli", "sweep", "--model", "simple_cnn", "--device",
+         "cpu", "--batch-sizes", "2-64", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    log = tmp_path / "sweep.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (
+        not log.exists() or len(log.read_text().splitlines()) < 3
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert (tmp_path / "sweep.csv").exists() and (tmp_path / "sweep.json").exists()

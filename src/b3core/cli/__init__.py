@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 
@@ -32,12 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (timeout, CI cancellation, schedulers) acts as Ctrl-C
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every command: its one-line errors, and SIGTERM handled as Ctrl-C (what was measured is
+    kept and reported, exit 130)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv  # what ranks launched through torchrun run again
     handler: Callable[[argparse.Namespace], int] = args.func
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return handler(args)
     except B3Error as exc:  # bad input (2), or a step that did not fit (StepOutOfMemory, 1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -128,10 +127,6 @@ def _world(args: argparse.Namespace):
     return World(args.nproc_per_node, args.device)
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: workers ended, worktrees removed
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     from b3core.studies.compare.settings import CompareSettings
 
@@ -155,7 +150,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from b3core.studies.compare.session import compare
 
     sides, cases, world = _sides(args), _cases(args), _world(args)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
 
     def started(case) -> None:
         if case.spec is cases[0]:

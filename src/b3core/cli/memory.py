@@ -58,16 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_memory)
 
 
-def default_cpu_budget() -> int:
-    """A quarter of the memory available now: doubling from there stays clear of the OOM killer."""
-    from b3core.measuring.memory import available_host_memory
-
-    return available_host_memory() // 4
-
-
 def cmd_find_max_batch(args: argparse.Namespace) -> int:
+    from b3core.errors import StepOutOfMemory
     from b3core.measuring.machine import machine_record
-    from b3core.measuring.memory import check_budget, device_capacity
+    from b3core.measuring.memory import check_budget, default_host_budget, device_capacity
     from b3core.studies.finder import find_max_batch
     from b3core.workloads.devices import resolve_device
 
@@ -76,7 +70,7 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
     budget = args.memory_budget
     check_budget(device, budget)
     if budget is None and device.type != "cuda":
-        budget = default_cpu_budget()
+        budget = default_host_budget()
         print(f"no --memory-budget: using a quarter of available memory, {budget / 2**20:.0f} MiB")
     print(
         f"finding the largest batch for {spec.model} ({spec.precision}) on {device}"
@@ -150,7 +144,7 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
         )
     if args.json:
         write_json(args.json, {**payload, "machine": machine_record()})
-    return 0
+    return StepOutOfMemory.exit_code if result.max_batch == 0 else 0
 
 
 def cmd_memory(args: argparse.Namespace) -> int:

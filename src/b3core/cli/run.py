@@ -9,6 +9,7 @@ from pathlib import Path
 from b3core.cli import launch
 from b3core.cli.options import (
     add_fields_as_options,
+    renamed,
     boolean,
     non_negative_int,
     positive_int,
@@ -41,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=False,
         help="true: fp16 AMP on CUDA, the best mixed precision elsewhere",
     )
-    p.add_argument("--repeats", type=positive_int, default=1, help="independent runs")
+    p.add_argument("--runs", type=positive_int, default=1, help="independent runs")
+    renamed(p, "--repeats", "--runs")  # --repeats means timed samples in b3 step
     p.add_argument("--warmup", type=positive_int, default=MIN_WARMUP, help="untimed steps first")
     p.add_argument("--seed", "--random-seed", "--random_seed", type=int, default=123)
     p.add_argument("--num-workers", "--num_workers", type=non_negative_int, default=0)
@@ -57,7 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="B3's spelling of --nproc-per-node (with --strategy ddp)",
     )
-    p.add_argument("--strategy", default=None, choices=STRATEGIES)
+    p.add_argument(
+        "--strategy",
+        default=None,
+        choices=STRATEGIES,
+        help="B3's: ddp (data parallel, with --num-devices), none (one process), auto",
+    )
     launch.add_launch_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -68,6 +75,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from b3core.workloads.build import resolve
     from b3core.workloads.devices import mixed_precision_for, resolve_device
 
+    if args.strategy == "none" and (args.num_devices > 1 or args.nproc_per_node):
+        raise B3Error("--strategy none runs one process: drop --num-devices/--nproc-per-node")
     if args.num_devices > 1 and args.nproc_per_node is None:
         args.nproc_per_node = args.num_devices  # B3's Lightning flags: one rank per device
     device = resolve_device(args.device)
@@ -103,7 +112,7 @@ def _run(args: argparse.Namespace, cfg, rank) -> int:
     from b3core.studies.experiment import run_experiment
 
     if rank is not None and rank.rank != 0:
-        run_experiment(cfg, repeats=args.repeats)
+        run_experiment(cfg, repeats=args.runs)
         return 0
     step = cfg.step
     how = (
@@ -114,12 +123,12 @@ def _run(args: argparse.Namespace, cfg, rank) -> int:
     ranks = f", {rank.world_size} ranks ({rank.backend})" if rank else ""
     print(
         f"b3 run: {step.model}, batch {step.batch_size}{ranks}, {cfg.num_epochs} epoch(s), "
-        f"{how}, {cfg.dataset} data, device {step.device}, {args.repeats} run(s)",
+        f"{how}, {cfg.dataset} data, device {step.device}, {args.runs} run(s)",
         flush=True,
     )
     result = run_experiment(
         cfg,
-        repeats=args.repeats,
+        repeats=args.runs,
         progress=lambda i, n: print(f"  run {i}/{n} done", file=sys.stderr, flush=True),
     )
     if result.runs:
@@ -144,6 +153,7 @@ def _run(args: argparse.Namespace, cfg, rank) -> int:
         write_json(Path(args.output_path) / "b3-run.json", payload)
     if result.failure:
         kept = f"; the {len(result.runs)} finished run(s) are kept above" if result.runs else ""
-        print(f"b3 run: error: {result.failure}{kept}", file=sys.stderr)
-        return 1
+        what = "b3 run: interrupted" if result.interrupted else f"b3 run: error: {result.failure}"
+        print(f"{what}{kept}", file=sys.stderr)
+        return 130 if result.interrupted else 1
     return 0

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import time
 
 from b3core.cli import launch
 from b3core.cli.options import (
     add_fields_as_options,
+    renamed,
     batch_size_list,
     memory_size,
     positive_int,
@@ -16,6 +19,15 @@ from b3core.cli.options import (
 )
 from b3core.errors import B3Error
 from b3core.spec.step import StepSpec, Timing
+
+# A plan past these is more likely a typo (1-100000 for 1-1000) than an intention: refused
+# without --yes
+MAX_UNITS = 1000
+MAX_PLAN_S = 24 * 3600
+
+
+class PlanTooLong(Exception):
+    """The first unit's time says the whole plan would take more than a day."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,12 +50,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="passes over all sizes, each in a fresh shuffled order; the replicates of the "
         "alignment test (default 5, or --repeats if fewer)",
     )
-    p.add_argument("--inference", action="store_true", help="time the inference step as well")
+    p.add_argument(
+        "--with-inference", action="store_true", help="time the inference step as well"
+    )
+    renamed(p, "--inference", "--with-inference")  # --inference means "instead" in b3 step
     p.add_argument("--isolate", action="store_true", help="each size in a fresh process")
     p.add_argument("--memory-budget", type=memory_size, default=None, help="e.g. 8G")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="b3-sweep", help="folder for sweep.{jsonl,csv,json,png}")
     p.add_argument("--resume", action="store_true", help="continue the sweep in --out")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help=f"run a plan of more than {MAX_UNITS} units, or of more than a day by the first "
+        "unit's time (refused otherwise)",
+    )
     launch.add_launch_options(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -59,12 +80,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         batch_sizes=tuple(args.batch_sizes),
         timing=timing,
         passes=args.passes or min(5, timing.repeats),
-        inference=args.inference,
+        inference=args.with_inference,
         isolate=args.isolate,
         memory_budget=args.memory_budget,
         seed=args.seed,
     )
     device = resolve(plan.base).device  # what cannot run fails before any file is written
+    units = len(plan.units())
+    if units > MAX_UNITS and not args.yes:
+        raise B3Error(
+            f"the plan has {units} units ({len(plan.batch_sizes)} sizes x {plan.passes} passes"
+            f"{' x 2 modes' if plan.inference else ''}), more than {MAX_UNITS}: check "
+            "--batch-sizes, or give --yes"
+        )
+    if plan.memory_budget is None and device.type != "cuda":
+        from b3core.measuring.memory import default_host_budget
+
+        plan = dataclasses.replace(plan, memory_budget=default_host_budget())
+        print(
+            f"no --memory-budget: a size over {plan.memory_budget / 2**20:.0f} MiB (a quarter "
+            "of the memory available) is recorded as out of memory",
+            file=sys.stderr,
+        )
     if launch.wanted(args):
         if plan.isolate:
             raise B3Error("--isolate runs each size in a fresh process; not with --nproc-per-node")
@@ -102,14 +139,35 @@ def _sweep(args: argparse.Namespace, plan, rank) -> int:
         disable=None if lead else True,
     )
 
+    began, first = time.monotonic(), [True]
+
     def on_unit(unit, record) -> None:
         bar.set_postfix_str(f"{unit.mode} bs={unit.batch_size} pass {unit.pass_index + 1}")
         bar.update(1)
+        if first[0] and record is not None:
+            first[0] = False
+            left = total - len(log.records)
+            estimate = (time.monotonic() - began) * left
+            bar.write(
+                f"b3 sweep: {total} units ({len(plan.batch_sizes)} sizes x {plan.passes} passes"
+                f"{', train and inference' if plan.inference else ''}); the first took "
+                f"{time.monotonic() - began:.1f} s, so about {estimate / 60:.0f} min for the "
+                f"{left} left",
+                file=sys.stderr,
+            )
+            if estimate > MAX_PLAN_S and not args.yes:
+                raise PlanTooLong(
+                    f"about {estimate / 3600:.0f} h by the first unit's time, more than a day: "
+                    f"check --batch-sizes, or continue with --resume --yes"
+                )
 
     # Each unit is appended to the log as it finishes; the reports are written once, at the end
     # or on interrupt, so that no presenting happens between timed units.
     try:
         sweep = run_sweep(plan, log, on_unit=on_unit)
+    except PlanTooLong as refused:
+        bar.close()
+        raise B3Error(f"{refused} (the first unit is saved in {log.path})") from None
     except KeyboardInterrupt:
         bar.close()
         if not lead:

@@ -186,6 +186,12 @@ def available_host_memory() -> int:
     return physical_memory()
 
 
+def default_host_budget() -> int:
+    """The guard of commands that grow the batch on a host without a budget of the user's: a
+    quarter of the memory available now, which stays clear of the kernel's OOM killer."""
+    return available_host_memory() // 4
+
+
 def release_memory(device: torch.device) -> None:
     """Collect garbage and empty the device's cache (after an OOM, the caller drops its
     references first)."""

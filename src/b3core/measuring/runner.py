@@ -207,7 +207,7 @@ def measure(
         skipped = ready.skipped_updates
         samples = spec.samples_per_step * (rank.world_size if rank else 1)
         spans: list[tuple[float, float]] = []
-        with _telemetry(ready.device, timing) as sampler:
+        with telemetry_sampler(ready.device, timing) as sampler:
             times, rank_times = timed_blocks(ready, k, timing.repeats, spans)
         telemetry, discarded = None, None
         if sampler is not None:
@@ -242,7 +242,7 @@ def measure(
     return dataclasses.replace(result, memory=memory, telemetry=telemetry)
 
 
-def _telemetry(device: torch.device, timing: Timing):
+def telemetry_sampler(device: torch.device, timing: Timing):
     """The sampler for the timed region (None with --no-telemetry). Under DDP every rank's
     process is the measurement's own, not outside load."""
     if not timing.telemetry:

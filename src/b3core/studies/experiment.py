@@ -189,6 +189,7 @@ class ExperimentResult:
     runs: tuple[RunResult, ...]
     step: StepResult | None = None  # the same training step timed alone, on a device batch
     failure: str | None = None  # why the runs stopped early (out of memory), if they did
+    interrupted: bool = False  # Ctrl-C or SIGTERM: the finished runs are kept
 
     def input_pipeline(self) -> dict | None:
         """Train time minus what its optimizer steps cost alone (steps x the step benchmark's
@@ -245,6 +246,7 @@ class ExperimentResult:
             "summary": self.summary(),
             "step": self.step.to_dict() if self.step else None,
             "failure": self.failure,
+            "interrupted": self.interrupted,
         }
 
 
@@ -267,4 +269,6 @@ def run_experiment(
         )
     except StepOutOfMemory as oom:
         return ExperimentResult(cfg, tuple(runs), None, str(oom))
+    except KeyboardInterrupt:
+        return ExperimentResult(cfg, tuple(runs), None, "interrupted", interrupted=True)
     return ExperimentResult(cfg, tuple(runs), step)

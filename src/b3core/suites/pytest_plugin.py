@@ -6,6 +6,8 @@ the `pytest11` entry point; heavy imports wait until a hook needs them.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 DEFAULT_STORAGE = "file://./.benchmarks"
@@ -135,7 +137,7 @@ def b3_bench(benchmark, b3_settings, request: pytest.FixtureRequest):
     was released."""
     from b3core.errors import StepOutOfMemory
     from b3core.measuring.clocks import synced_every
-    from b3core.measuring.runner import run_guarded
+    from b3core.measuring.runner import run_guarded, telemetry_sampler
     from b3core.measuring.stats import Measurement
     from b3core.suites.cases import unsupported_reason
 
@@ -149,10 +151,13 @@ def b3_bench(benchmark, b3_settings, request: pytest.FixtureRequest):
         def timed(ready):
             k = ready.block_steps(timing)
             skipped = ready.skipped_updates
-            benchmark.pedantic(
-                synced_every(ready.call, ready.device, k), rounds=timing.repeats, iterations=k
-            )
-            return k, ready.skipped_updates - skipped
+            with telemetry_sampler(ready.device, timing) as sampler:
+                benchmark.pedantic(
+                    synced_every(ready.call, ready.device, k), rounds=timing.repeats, iterations=k
+                )
+            samples = spec.samples_per_step * k * timing.repeats
+            telemetry = sampler.summary(samples) if sampler is not None else None
+            return k, ready.skipped_updates - skipped, telemetry
 
         try:
             guarded = run_guarded(
@@ -162,11 +167,11 @@ def b3_bench(benchmark, b3_settings, request: pytest.FixtureRequest):
             pytest.skip(f"does not fit: {oom.reason}")
         if benchmark.disabled:
             return None
-        k, skipped = guarded.value
+        k, skipped, telemetry = guarded.value
         # pytest-benchmark keeps each round's time over its iterations: back to block times
         blocks = tuple(t * k for t in benchmark.stats.stats.data)
         measured = Measurement(blocks, spec.samples_per_step, k, timing.clock)
-        result = guarded.result(spec, measured, skipped)
+        result = dataclasses.replace(guarded.result(spec, measured, skipped), telemetry=telemetry)
         benchmark.extra_info.update(extra_info(result))
         request.config.stash[_RESULTS].append(result)
         return result
@@ -193,7 +198,7 @@ def extra_info(result) -> dict:
         "device_name": result.device_name,
         "model_identity": result.workload.identity if result.workload else None,
         "warnings": result.warnings,
-        "contended": result.contended,
+        "contended": result.contended if result.telemetry else None,  # None: not sampled
     }
 
 
