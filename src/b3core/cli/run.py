@@ -9,10 +9,10 @@ from pathlib import Path
 from b3core.cli import launch
 from b3core.cli.options import (
     add_fields_as_options,
-    renamed,
     boolean,
     non_negative_int,
     positive_int,
+    renamed,
     spec_from_args,
     write_json,
 )

@@ -10,10 +10,10 @@ import time
 from b3core.cli import launch
 from b3core.cli.options import (
     add_fields_as_options,
-    renamed,
     batch_size_list,
     memory_size,
     positive_int,
+    renamed,
     spec_from_args,
     timing_from_args,
 )
@@ -50,9 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="passes over all sizes, each in a fresh shuffled order; the replicates of the "
         "alignment test (default 5, or --repeats if fewer)",
     )
-    p.add_argument(
-        "--with-inference", action="store_true", help="time the inference step as well"
-    )
+    p.add_argument("--with-inference", action="store_true", help="time the inference step as well")
     renamed(p, "--inference", "--with-inference")  # --inference means "instead" in b3 step
     p.add_argument("--isolate", action="store_true", help="each size in a fresh process")
     p.add_argument("--memory-budget", type=memory_size, default=None, help="e.g. 8G")
