@@ -88,7 +88,7 @@ def test_out_of_memory_mid_run_keeps_the_finished_runs(monkeypatch, tmp_path, ca
 
     monkeypatch.setattr(Trainer, "step", failing_step)
     out = tmp_path / "run.json"
-    argv = "run --model simple_cnn --batch-size 32 --train-size 100 --device cpu --repeats 3"
+    argv = "run --model simple_cnn --batch-size 32 --train-size 100 --device cpu --runs 3"
     code = main([*argv.split(), "--json", str(out)])
     captured = capsys.readouterr()
     assert code == 1
