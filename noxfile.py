@@ -37,6 +37,16 @@ def lint(session: nox.Session) -> None:
     session.run("lint-imports")
 
 
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The manual (MkDocs, mkdocs.yml): built strictly into site/; `nox -s docs -- serve` serves it."""
+    session.install("mkdocs-material")
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:])
+    else:
+        session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
 @nox.session(venv_params=REUSE_TORCH)
 def bench(session: nox.Session) -> None:
     """The pytest-benchmark suite; e.g. `nox -s bench -- --b3-profile b3 --benchmark-autosave`."""

@@ -1,6 +1,8 @@
 """The harness's own cost: b3's training step beside a plain hand-written loop of the same step,
-interleaved in one process (the target is an overhead under 1%); and the telemetry thread's
-cost, blocks with it against blocks without it."""
+interleaved in one process; and the telemetry thread's cost, blocks with it against blocks
+without it. Each fails when its interval shows a cost above TARGET_OVERHEAD (its lower end above
+1 + TARGET_OVERHEAD); on a noisy machine an interval that merely contains it passes, and the note
+says so."""
 
 import os
 import random
@@ -19,6 +21,13 @@ from b3core.workloads.devices import resolve_device
 from b3core.workloads.models import create_model, get_model_spec
 
 ROUNDS = 100
+TARGET_OVERHEAD = 0.01
+
+
+def assert_not_shown_above_target(what: str, low: float, high: float) -> None:
+    assert low <= 1 + TARGET_OVERHEAD, (
+        f"{what} costs more than {TARGET_OVERHEAD:.0%}: 95% CI {low:.4f} to {high:.4f}"
+    )
 
 
 def handwritten_step(spec: StepSpec, device: torch.device):
@@ -59,9 +68,12 @@ def test_harness_overhead(benchmark, b3_note):
     b3_note(
         f"harness overhead ({spec.label} on {device}, {ROUNDS} interleaved pairs): "
         f"harness/plain = {ratio:.4f}, 95% CI {low:.4f} to {high:.4f} "
-        f"({(ratio - 1) * 100:+.2f}%; target under +1%)"
+        f"({(ratio - 1) * 100:+.2f}%; target under +{TARGET_OVERHEAD:.0%}"
+        + ("" if high <= 1 + TARGET_OVERHEAD else ", not resolved at this noise")
+        + ")"
     )
     benchmark.pedantic(clocks.synced_every(harness, device), rounds=10, warmup_rounds=2)
+    assert_not_shown_above_target("the harness", low, high)
 
 
 TELEMETRY_ROUNDS = 40
@@ -69,7 +81,7 @@ TELEMETRY_ROUNDS = 40
 
 def test_telemetry_overhead(benchmark, b3_note):
     """Blocks of b3's step with the telemetry thread sampling, against blocks without it,
-    interleaved in a shuffled order: the target is a ratio whose CI holds 1 (within noise)."""
+    interleaved in a shuffled order."""
     device = resolve_device(os.environ.get("B3_DEVICE", "auto"))
     ready = prepare(StepSpec("simple_cnn", 32, device=str(device)))
     k = max(1, round(0.2 / ready.last_warmup_step_s))  # ~0.2 s blocks: several samples each
@@ -93,3 +105,4 @@ def test_telemetry_overhead(benchmark, b3_note):
         f"{ratio:.4f}, 95% CI {low:.4f} to {high:.4f}"
     )
     benchmark.pedantic(with_telemetry, rounds=3, warmup_rounds=1)
+    assert_not_shown_above_target("the telemetry thread", low, high)

@@ -35,3 +35,17 @@ def test_a_sweep_without_neighbours_says_so():
     comparisons = compare_neighbours({100: [1.0, 1.1], 128: [2.0, 2.1], 156: [1.5, 1.4]})
     assert comparisons == []
     assert "No power of two" in verdict(comparisons)
+
+
+def test_the_p_values_are_adjusted_for_the_number_of_comparisons():
+    """Four comparisons at once: each p-value is Benjamini-Hochberg's adjusted one, never the raw
+    one, so that one of four nulls reaching 0.05 by chance is not called a difference."""
+    comparisons = compare_neighbours(rates_with(0.0, seed=3))
+    raw = np.array([c.p_value for c in comparisons])
+    adjusted = np.array([c.p_adjusted for c in comparisons])
+    assert len(comparisons) == 4
+    assert np.all(adjusted >= raw) and np.any(adjusted > raw)
+    ranks = raw.argsort()
+    m = len(raw)
+    expected = np.minimum.accumulate((raw[ranks] * m / np.arange(1, m + 1))[::-1])[::-1]
+    assert np.allclose(adjusted[ranks], np.minimum(expected, 1))

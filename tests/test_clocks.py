@@ -49,6 +49,12 @@ def test_the_clock_waits_for_work_queued_inside_its_bracket(queued, calls):
     assert elapsed >= 0.03 * calls * 0.95
 
 
+def test_a_block_times_every_one_of_its_calls():
+    """Host-side work (no queue to hide behind): a block of 5 calls of 10 ms takes at least
+    50 ms. A clock started before the last call only would read about 10 ms."""
+    assert time_block(lambda: time.sleep(0.01), torch.device("cpu"), 5) >= 0.05
+
+
 def test_work_queued_before_the_bracket_stays_out_of_it(queued):
     """Without the sync before the bracket, the earlier 300 ms would land inside it."""
     queued.launch(0.3)

@@ -186,8 +186,8 @@ def test_result_records_what_was_built_and_round_trips():
 def test_the_public_api_is_importable_from_the_top():
     import b3core
 
-    for name in b3core.__all__:
-        assert getattr(b3core, name) is not None
+    for name in b3core.__all__:  # each name is the object it names, from the module that owns it
+        assert name == "__version__" or getattr(b3core, name).__name__ == name
     result = b3core.measure(b3core.StepSpec("simple_cnn", 2, device=CPU), b3core.Timing(repeats=2))
     assert isinstance(result, b3core.StepResult)
     assert "simple_cnn" in b3core.list_models()

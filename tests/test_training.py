@@ -167,3 +167,20 @@ def test_mixed_precision_on_cuda_gives_finite_loss(precision):
     ]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
+
+
+def test_the_timed_inference_step_runs_in_eval_mode_under_inference_mode():
+    """What b3 times for --inference: no autograd state is kept, and BatchNorm/dropout run as
+    at evaluation."""
+    from b3core.measuring.runner import prepare
+    from b3core.spec import StepSpec
+
+    ready = prepare(StepSpec("small_bn_cnn", 4, mode="inference", device="cpu"))
+    model = ready.workload.trainer.model
+    seen = []
+    model.register_forward_hook(
+        lambda module, args, out: seen.append((torch.is_inference_mode_enabled(), module.training))
+    )
+    out = ready.call()
+    assert seen == [(True, False)]
+    assert not out.requires_grad

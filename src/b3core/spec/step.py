@@ -180,7 +180,7 @@ class StepSpec(Record):
         default=None,
         metadata=option(
             "--train-step",
-            help="module:function, your own training step to time (see README, 'Your own step')",
+            help="module:function, your own training step to time (see docs/own-model.md)",
         ),
     )
 
@@ -280,7 +280,7 @@ class Timing(Record):
             "--no-telemetry",
             action="store_false",
             help="do not sample clocks, power, CPU steal and outside load during the timed "
-            "region (on by default; see README, 'Telemetry')",
+            "region (on by default; see docs/measurement.md)",
         ),
     )
     discard_throttled: bool = field(
