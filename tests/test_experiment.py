@@ -6,7 +6,8 @@ import torch
 from b3core.cli import main
 from b3core.errors import B3Error
 from b3core.spec import StepSpec
-from b3core.studies.experiment import RunConfig, run_experiment
+from b3core.spec.run import RunConfig
+from b3core.studies.experiment import run_experiment
 from b3core.workloads.training import Trainer
 
 

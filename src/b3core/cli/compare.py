@@ -1,8 +1,4 @@
-"""`b3 compare`: did HEAD make the step slower than BASE? Both interleaved in one job.
-
-Exit codes: 0 no regression (or faster), 1 regression, 2 bad input or a case not compared,
-3 inconclusive (1 with --fail-on-inconclusive), 130 interrupted.
-"""
+"""`b3 compare`: did HEAD make the step slower than BASE? Both interleaved in one job."""
 
 from __future__ import annotations
 
@@ -15,20 +11,21 @@ from pathlib import Path
 from b3core.cli.launch import add_launch_options
 from b3core.cli.options import add_fields_as_options, renamed, spec_from_args, write_json
 from b3core.errors import B3Error
+from b3core.spec.case_options import AXES, CaseOptions, narrowed_to
 from b3core.spec.step import PROFILES, StepSpec, Timing
 
 # With --profile these narrow the profile; without it they describe the one case
-PROFILE_AXES = ("model", "batch_size", "precision", "accumulation_steps", "mode")
+PROFILE_AXES = (*AXES.values(), "mode")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from b3core.studies.compare.settings import CompareSettings
+    from b3core.studies.compare.settings import CompareSettings, exit_codes_text
     from b3core.studies.compare.sides import WORKTREE
 
     p = sub.add_parser(
         "compare",
         help="is HEAD slower than BASE? two revisions (or interpreters), interleaved in one job",
-        description=__doc__.split("\n\n", 1)[1].strip(),
+        description=exit_codes_text(),
     )
     p.add_argument("base", nargs="?", help=f"git revision, or {WORKTREE} (the clean tree)")
     p.add_argument("head", nargs="?", help=f"git revision, or {WORKTREE} (the clean tree)")
@@ -64,20 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cases(args: argparse.Namespace) -> list[StepSpec]:
-    from b3core.suites.cases import CaseOptions, benchmark_cases, unsupported_reason
+    from b3core.suites.cases import benchmark_cases, unsupported_reason
 
     if args.profile:
-        given = {
-            "models": args.model,
-            "batch_sizes": args.batch_size and str(args.batch_size),
-            "precisions": args.precision,
-            "accumulation_steps": args.accumulation_steps and str(args.accumulation_steps),
-        }
-        options = CaseOptions(
-            profile=args.profile,
-            device=args.device,
-            **{k: v for k, v in given.items() if v is not None},
-        )
+        given = narrowed_to({name: getattr(args, name) for name in AXES.values()})
+        options = CaseOptions(profile=args.profile, device=args.device, **given)
         cases = benchmark_cases(options, mode=args.mode, resolve_models=False)
     else:
         if args.batch_size is None or args.model is None:

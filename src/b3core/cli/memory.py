@@ -9,12 +9,13 @@ from b3core.cli.options import (
     batch_size_list,
     memory_size,
     positive_int,
+    record_args,
     spec_from_args,
     write_json,
 )
 from b3core.errors import B3Error
+from b3core.spec.finder import FinderSettings
 from b3core.spec.step import StepSpec
-from b3core.studies.finder import SEARCHES
 
 # What is trained; the batch size is what these commands search or vary.
 NOT_OPTIONS = ("batch_size", "mode")
@@ -29,22 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="cap memory (e.g. 2G); on CPU the default is a quarter of what is free",
     )
-    p.add_argument("--start", type=positive_int, default=1)
-    p.add_argument("--limit", type=positive_int, default=65536)
-    p.add_argument("--isolate", action="store_true", help="each probe in a fresh process")
+    add_fields_as_options(p, FinderSettings)
     p.add_argument(
         "--nproc-per-node",
         type=positive_int,
         help="probe data-parallel (DDP through torchrun): each probe a fresh world of this many "
         "ranks, so the batch found fits on every rank; --batch sizes are per rank",
-    )
-    p.add_argument("--safety-margin", type=float, default=0.10)
-    p.add_argument(
-        "--search",
-        choices=SEARCHES,
-        default="guided",
-        help="guided: fit the memory model on a few sizes, probe its prediction, step to the "
-        "edge (about 5 probes when memory is linear); bisect: double, then bisect",
     )
     p.add_argument("--json", metavar="PATH")
     p.set_defaults(func=cmd_find_max_batch)
@@ -94,14 +85,10 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
     result = find_max_batch(
         spec,
         memory_budget=budget,
-        start=args.start,
-        limit=args.limit,
-        isolate=args.isolate,
-        safety_margin=args.safety_margin,
         on_probe=show,
         nproc_per_node=args.nproc_per_node,
-        search=args.search,
         capacity_bytes=device_capacity(device) if device.type == "cuda" else None,
+        **record_args(FinderSettings, args),
     )
     for note in result.notes:
         print(f"  note: {note}")

@@ -106,6 +106,9 @@ def add_fields_as_options(
         else:
             default = defaults.get(f.name, f.default)
             cli["default"] = None if default is dataclasses.MISSING else default
+            shown = not any(cli["default"] is unshown for unshown in (None, False, True))
+            if shown and "default" not in cli["help"]:
+                cli["help"] += " (default: %(default)s)"
         p.add_argument(*flags, dest=f.name, **cli)
 
 
@@ -123,6 +126,15 @@ def fields_as_argv(record) -> list[str]:
         else:
             argv += [flag, str(value)]
     return argv
+
+
+def record_args(cls, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:
+    """The values of a record's option fields, as parsed: the inverse of add_fields_as_options."""
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if f.name not in skip and "cli" in f.metadata
+    }
 
 
 def spec_from_args(args: argparse.Namespace, **overrides):

@@ -10,14 +10,15 @@ from b3core.cli import launch
 from b3core.cli.options import (
     add_fields_as_options,
     boolean,
-    non_negative_int,
     positive_int,
+    record_args,
     renamed,
     spec_from_args,
     write_json,
 )
 from b3core.errors import B3Error
-from b3core.spec.step import DATASETS, MIN_WARMUP, StepSpec
+from b3core.spec.run import RunConfig
+from b3core.spec.step import StepSpec
 
 # B3's Lightning strategies: one process, or data parallel (what --num-devices N then runs)
 STRATEGIES = ("auto", "none", "ddp")
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         defaults={"model": "mobilenet_v3_large", "batch_size": 128, "precision": None},
         aliases={"device": ("--accelerator",)},
     )
-    p.add_argument("--num-epochs", "--num_epochs", type=positive_int, default=1)
+    add_fields_as_options(p, RunConfig, skip=("step",))
     p.add_argument(
         "--mixed-precision",
         "--mixed_precision",
@@ -44,12 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--runs", type=positive_int, default=1, help="independent runs")
     renamed(p, "--repeats", "--runs")  # --repeats means timed samples in b3 step
-    p.add_argument("--warmup", type=positive_int, default=MIN_WARMUP, help="untimed steps first")
-    p.add_argument("--seed", "--random-seed", "--random_seed", type=int, default=123)
-    p.add_argument("--num-workers", "--num_workers", type=non_negative_int, default=0)
-    p.add_argument("--dataset", default=DATASETS[0], choices=DATASETS)
-    p.add_argument("--data-dir", "--data_dir", "--data-path", "--data_path", default=None)
-    p.add_argument("--train-size", "--train_size", type=positive_int, default=None)
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--output-path", "--output_path", default=None, help="folder for b3-run.json")
     p.add_argument(
@@ -71,7 +66,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from b3core.measuring.distributed import process_group
-    from b3core.studies.experiment import RunConfig
     from b3core.workloads.build import resolve
     from b3core.workloads.devices import mixed_precision_for, resolve_device
 
@@ -90,13 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         precision = mixed
     cfg = RunConfig(
         step=spec_from_args(args, precision=precision or "fp32", mode="train"),
-        num_epochs=args.num_epochs,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        train_size=args.train_size,
-        num_workers=args.num_workers,
-        seed=args.seed,
-        warmup=args.warmup,
+        **record_args(RunConfig, args, skip=("step",)),
     )
     device = resolve(cfg.step).device  # bad input fails here, once, not in every rank
     if launch.wanted(args):

@@ -16,44 +16,15 @@ from b3core.measuring import distributed
 from b3core.measuring.result import StepResult
 from b3core.measuring.runner import ReadyStep, measure, run_guarded
 from b3core.measuring.stats import Summary, Throughput, ratio_throughput, summarize
-from b3core.spec.step import DATASETS, MIN_WARMUP, StepSpec, Timing
-from b3core.spec.validate import require_choice, require_positive_int
+from b3core.spec.run import RunConfig
+from b3core.spec.step import MIN_WARMUP, Timing
+from b3core.spec.validate import require_positive_int
 from b3core.workloads.data import B3_TRAIN, Splits, cifar10_splits, make_loader, synthetic_splits
 from b3core.workloads.devices import synchronize
 from b3core.workloads.models import step_model
 from b3core.workloads.training import windows
 
 CLOCK = "wall clock around each phase, the device synced at both ends"
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """B3's experiment: the training step it repeats, and how the data reaches it."""
-
-    step: StepSpec
-    num_epochs: int = 1
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    train_size: int | None = None
-    num_workers: int = 0
-    seed: int = 123
-    warmup: int = MIN_WARMUP
-
-    def __post_init__(self) -> None:
-        if self.step.mode != "train":
-            raise B3Error("b3 run trains: its step spec must be a training step")
-        require_positive_int("num epochs", self.num_epochs)
-        Timing(warmup=self.warmup)  # the one warm-up check
-        if self.train_size is not None:
-            require_positive_int("train size", self.train_size)
-        if self.num_workers < 0:
-            raise B3Error(f"num workers must be 0 or more, got {self.num_workers}")
-        require_choice("dataset", self.dataset, DATASETS)
-        if self.dataset == "cifar10" and not self.data_dir:
-            raise B3Error("--dataset cifar10 needs --data-dir PATH (b3 never downloads data)")
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "step": self.step.to_dict()}
 
 
 @dataclass(frozen=True)

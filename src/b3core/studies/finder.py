@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from b3core.errors import B3Error, StepOutOfMemory
+from b3core.errors import StepOutOfMemory
 from b3core.measuring.isolation import measure_maybe_isolated
 from b3core.measuring.result import StepResult
+from b3core.spec.finder import FinderSettings
 from b3core.spec.step import MIN_WARMUP, StepSpec, Timing
 from b3core.studies.memory_model import (
     EXTRAPOLATION_LIMIT,
@@ -32,8 +33,6 @@ from b3core.studies.memory_model import (
     prediction_error,
 )
 
-DEFAULT_SAFETY_MARGIN = 0.10
-SEARCHES = ("guided", "bisect")
 # The guided search's second size, as a multiple of the first: far enough that the step's
 # peak is past the optimizer's (at tiny batches the peak is Adam's update, flat in the batch).
 FIRST_FIT_SPREAD = 32
@@ -58,8 +57,8 @@ class FindMaxResult:
     probes: list[Probe] = field(default_factory=list)
     max_batch: int = 0
     hit_limit: bool = False
-    safety_margin: float = DEFAULT_SAFETY_MARGIN
-    search: str = "guided"
+    safety_margin: float = FinderSettings.safety_margin
+    search: str = FinderSettings.search
     first_fit: MemoryFit | None = None
     first_prediction: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -142,26 +141,22 @@ def find_max_batch(
     spec: StepSpec,
     *,
     memory_budget: int | None = None,
-    start: int = 1,
-    limit: int = 65536,
-    isolate: bool = False,
     steps: int = MIN_WARMUP,
-    safety_margin: float = DEFAULT_SAFETY_MARGIN,
     on_probe: Callable[[Probe], None] | None = None,
     nproc_per_node: int | None = None,
-    search: str = "guided",
     capacity_bytes: int | None = None,
+    **settings,
 ) -> FindMaxResult:
-    """`capacity_bytes`: the device's memory (CUDA), which the guided search predicts against
+    """`settings`: FinderSettings' fields (start, limit, safety_margin, search, isolate).
+    `capacity_bytes`: the device's memory (CUDA), which the guided search predicts against
     when no budget is given, less what the device holds outside torch's allocator."""
-    if start < 1 or limit < start:
-        raise B3Error(f"need 1 <= start <= limit, got start {start} and limit {limit}")
-    if not 0 <= safety_margin < 1:
-        raise B3Error(f"safety margin must be in [0, 1), got {safety_margin}")
-    if search not in SEARCHES:
-        raise B3Error(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
+    found = FinderSettings(**settings)
+    start, limit, isolate = found.start, found.limit, found.isolate
     result = FindMaxResult(
-        spec.replace(mode="train"), memory_budget, safety_margin=safety_margin, search=search
+        spec.replace(mode="train"),
+        memory_budget,
+        safety_margin=found.safety_margin,
+        search=found.search,
     )
 
     def probe(batch: int):
@@ -175,7 +170,7 @@ def find_max_batch(
         )
 
     state = _Search(result, probe, limit, on_probe, capacity_bytes)
-    if search == "guided":
+    if found.search == "guided":
         state.guided(start)
     else:
         state.double_and_bisect(start)

@@ -7,9 +7,9 @@ expands it, narrowed or widened by the user's overrides, into StepSpecs.
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import dataclass, field
 
+from b3core.spec.case_options import CaseOptions
 from b3core.spec.sizes import around_powers_of_two, parse_batch_sizes
 from b3core.spec.step import MODES, PRECISIONS, PROFILES, StepSpec, Timing
 from b3core.spec.validate import parse_positive_int, require_choice
@@ -19,8 +19,6 @@ from b3core.workloads.devices import (
     supported_precisions,
 )
 from b3core.workloads.models import get_model_spec, list_models
-
-ENV_PREFIX = "B3_"
 
 
 @dataclass(frozen=True)
@@ -72,35 +70,6 @@ def _split(text: str | None) -> list[str] | None:
     if text is None or not str(text).strip():
         return None
     return [part.strip() for part in str(text).split(",") if part.strip()]
-
-
-@dataclass(frozen=True)
-class CaseOptions:
-    """The user's overrides of a profile, from command-line options or B3_* variables."""
-
-    profile: str = "quick"
-    device: str = "auto"
-    models: str | None = None
-    batch_sizes: str | None = None
-    precisions: str | None = None
-    accumulation_steps: str | None = None
-    rounds: int | None = None
-    warmup: int | None = None
-    clock: str | None = None
-
-    @classmethod
-    def from_env(cls, **given) -> CaseOptions:
-        """Explicit values win; unset ones fall back to B3_PROFILE, B3_DEVICE, B3_MODELS, ..."""
-        values = {}
-        for name in cls.__dataclass_fields__:
-            value = given.get(name)
-            if value is None:
-                value = os.environ.get(ENV_PREFIX + name.upper())
-            if value is not None:
-                values[name] = (
-                    parse_positive_int(name, value) if name in ("rounds", "warmup") else value
-                )
-        return cls(**values)
 
 
 def benchmark_cases(

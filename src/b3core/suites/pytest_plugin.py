@@ -13,36 +13,24 @@ import pytest
 DEFAULT_STORAGE = "file://./.benchmarks"
 _RESULTS = pytest.StashKey[list]()
 _NOTES = pytest.StashKey[list]()
-_OPTIONS = (
-    ("profile", "quick|b3|full (default: quick; env B3_PROFILE)"),
-    ("device", "auto|cpu|cuda|mps (env B3_DEVICE)"),
-    ("models", "comma-separated models: names, package.module:function, timm/NAME (env B3_MODELS)"),
-    ("batch-sizes", "e.g. 15,16,17 or 1-64 or 8-64:8 (env B3_BATCH_SIZES)"),
-    ("precisions", "comma-separated: fp32,tf32,fp16,bf16 (env B3_PRECISIONS)"),
-    ("accumulation-steps", "comma-separated, e.g. 1,2,4 (env B3_ACCUMULATION_STEPS)"),
-    ("rounds", "timed rounds per case, default 10 (env B3_ROUNDS)"),
-    ("warmup", "untimed warm-up steps, at least 2 (env B3_WARMUP)"),
-    ("clock", "blocked|per-step: k steps or each step between syncs (default blocked; B3_CLOCK)"),
-)
 _BUDGET_HELP = "cap each case's memory, e.g. 8G; cases over it are skipped (env B3_MEMORY_BUDGET)"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """--b3-NAME for each field of CaseOptions, with its help, default and variable there."""
+    from b3core.spec.case_options import CaseOptions, option_help
+
     group = parser.getgroup("b3", "b3 benchmark cases")
-    for name, help_text in _OPTIONS:
-        group.addoption(
-            f"--b3-{name}", dest=f"b3_{name.replace('-', '_')}", default=None, help=help_text
-        )
+    for f in dataclasses.fields(CaseOptions):
+        flag = "--b3-" + f.name.replace("_", "-")
+        group.addoption(flag, dest=f"b3_{f.name}", default=None, help=option_help(f))
     group.addoption("--b3-memory-budget", dest="b3_memory_budget", default=None, help=_BUDGET_HELP)
 
 
 def case_options(config: pytest.Config):
-    from b3core.suites.cases import CaseOptions
+    from b3core.spec.case_options import CaseOptions
 
-    given = {}
-    for name, _ in _OPTIONS:
-        key = name.replace("-", "_")
-        given[key] = config.getoption(f"b3_{key}")
+    given = {f.name: config.getoption(f"b3_{f.name}") for f in dataclasses.fields(CaseOptions)}
     return CaseOptions.from_env(**given)
 
 
@@ -65,9 +53,13 @@ def _check_options(config: pytest.Config) -> None:
     """Bad b3 options end the run before collection, as one line (pytest's exit code 4)."""
     import os
 
-    given = [config.getoption(f"b3_{name.replace('-', '_')}") for name, _ in _OPTIONS]
+    from b3core.spec.case_options import ENV_PREFIX, CaseOptions
+
+    given = [config.getoption(f"b3_{f.name}") for f in dataclasses.fields(CaseOptions)]
     given.append(config.getoption("b3_memory_budget"))
-    if not any(v is not None for v in given) and not any(k.startswith("B3_") for k in os.environ):
+    if not any(v is not None for v in given) and not any(
+        k.startswith(ENV_PREFIX) for k in os.environ
+    ):
         return
     from b3core.errors import B3Error
     from b3core.suites.cases import benchmark_cases, profile_settings

@@ -9,6 +9,31 @@ from b3core.errors import B3Error
 from b3core.spec.step import MIN_WARMUP, Record, option, parse_number
 from b3core.spec.validate import parse_positive_int, parse_positive_number
 
+REGRESSION, NO_REGRESSION, FASTER, INCONCLUSIVE = (
+    "regression",
+    "no regression",
+    "faster",
+    "inconclusive",
+)
+NOT_COMPARED = "not compared"  # a case one side could not run (it did not fit, say)
+EXIT_CODES = {NO_REGRESSION: 0, FASTER: 0, REGRESSION: 1, NOT_COMPARED: 2, INCONCLUSIVE: 3}
+INTERRUPTED = 130  # Ctrl-C or SIGTERM, as in every b3 command
+
+
+def exit_code(verdict: str, fail_on_inconclusive: bool = False) -> int:
+    code = EXIT_CODES[verdict]
+    return EXIT_CODES[REGRESSION] if verdict == INCONCLUSIVE and fail_on_inconclusive else code
+
+
+def exit_codes_text() -> str:
+    """The exit codes, as --help says them."""
+    said = ", ".join(f"{code} {verdict}" for verdict, code in EXIT_CODES.items())
+    return (
+        f"Exit codes: {said} ({EXIT_CODES[REGRESSION]} with --fail-on-inconclusive), "
+        f"{EXIT_CODES[NOT_COMPARED]} also for bad input, {INTERRUPTED} interrupted."
+    )
+
+
 DEFAULT_MAX_TIME_S = 160.0  # with the workers' start, a verdict within 3 minutes
 DEFAULT_THRESHOLD = 0.02
 DEFAULT_ALPHA = 0.05

@@ -31,16 +31,18 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-REGRESSION, NO_REGRESSION, FASTER, INCONCLUSIVE = (
-    "regression",
-    "no regression",
-    "faster",
-    "inconclusive",
+from b3core.studies.compare.settings import (  # noqa: F401 - the verdicts, judged here
+    EXIT_CODES,
+    FASTER,
+    INCONCLUSIVE,
+    NO_REGRESSION,
+    NOT_COMPARED,
+    REGRESSION,
+    exit_code,
 )
-NOT_COMPARED = "not compared"  # a case one side could not run (it did not fit, say)
+
 # The most severe case decides a comparison of several cases
 SEVERITY = (REGRESSION, NOT_COMPARED, INCONCLUSIVE, NO_REGRESSION, FASTER)
-EXIT_CODES = {REGRESSION: 1, NOT_COMPARED: 2, INCONCLUSIVE: 3, NO_REGRESSION: 0, FASTER: 0}
 MAX_LOOKS = 4
 # Early looks spend little (alpha * f**2, near O'Brien and Fleming's boundaries): they stop only
 # on clear cases, and most of alpha is left for the last look, where a slowdown near the
@@ -278,9 +280,3 @@ def overall_verdict(verdicts: Sequence[str]) -> str:
 def severity(verdict: str, ratio: float | None) -> tuple[int, float]:
     """A sort key: the most severe verdict first, and within a verdict the largest ratio."""
     return SEVERITY.index(verdict), -(ratio or 0.0)
-
-
-def exit_code(verdict: str, fail_on_inconclusive: bool = False) -> int:
-    """0 no regression or faster, 1 regression, 2 not compared, 3 inconclusive (or 1)."""
-    code = EXIT_CODES[verdict]
-    return 1 if code == 3 and fail_on_inconclusive else code
