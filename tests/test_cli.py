@@ -229,7 +229,9 @@ def test_every_option_of_every_command_is_read():
             records.append(StepSpec)
         if "timing_from_args" in source:
             records.append(Timing)
-        for record in re.findall(r"(\w+)\.__dataclass_fields__", source):
+        built = re.findall(r"(\w+)\.__dataclass_fields__", source)
+        built += re.findall(r"record_args\((\w+), args", source)
+        for record in built:
             imported = re.search(rf"from ([\w.]+) import (\([^)]*|[^\n]*)\b{record}\b", source)
             records.append(getattr(importlib.import_module(imported[1]), record))
         fields = {f.name for record in records for f in dataclasses.fields(record)}

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from b3core.errors import B3Error
+from b3core.spec.formats import upgraded
 from b3core.studies.lr_rules import RULES
 
 from .options import (
@@ -82,7 +83,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
             args.converge, sweep, swept_model, advice.largest_safe
         )
     if args.json:
-        write_json(args.json, payload)
+        write_json(args.json, "advise", payload)
     return 0
 
 
@@ -137,7 +138,8 @@ def _time_to_target(folder: str, sweep, swept_model: str, largest_safe: int | No
 def read_find_max(path: str, swept: dict) -> int:
     """The measured edge from a `find-max-batch --json` file, if it is for the swept setup."""
     try:
-        data = json.loads(Path(path).read_text())
+        where = f"find-max-batch file {path!r}"
+        data = upgraded("find-max", json.loads(Path(path).read_text()), where)
         max_batch, spec = int(data["max_batch"]), dict(data["spec"])
     except FileNotFoundError:
         raise B3Error(f"find-max-batch file {path!r} does not exist") from None

@@ -230,7 +230,7 @@ def _write_outputs(args, lines: list[str], title: str, payload, plot=None) -> No
             with open(args.markdown, "a") as summary:
                 summary.write("\n\n".join([f"### {title}", *lines]) + "\n\n")
         if args.json:
-            write_json(args.json, payload())
+            write_json(args.json, "compare", payload())
         if plot and args.plot:
             plot(args.plot)
     except OSError as exc:

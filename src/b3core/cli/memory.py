@@ -130,7 +130,7 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
             f"(weights, gradients and {spec.optimizer} state)"
         )
     if args.json:
-        write_json(args.json, {**payload, "machine": machine_record()})
+        write_json(args.json, "find-max", {**payload, "machine": machine_record()})
     return StepOutOfMemory.exit_code if result.max_batch == 0 else 0
 
 
@@ -167,5 +167,5 @@ def cmd_memory(args: argparse.Namespace) -> int:
             "analytic": analytic.to_dict(),
             "machine": machine_record(),
         }
-        write_json(args.json, payload)
+        write_json(args.json, "memory", payload)
     return 0

@@ -63,11 +63,14 @@ def renamed(p: argparse.ArgumentParser, old: str, new: str) -> None:
     p.add_argument(old, action=_Renamed, new=new, dest=argparse.SUPPRESS, default=argparse.SUPPRESS)
 
 
-def write_json(path: str | Path, payload: dict) -> None:
+def write_json(path: str | Path, kind: str, payload: dict) -> None:
+    """A command's JSON file, its format first (spec/formats.py)."""
+    from b3core.spec.formats import stamped
+
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(stamped(kind, payload), indent=2, default=str) + "\n")
 
 
 def _flags(flags: tuple[str, ...]) -> list[str]:

@@ -136,9 +136,9 @@ def _run(args: argparse.Namespace, cfg, rank) -> int:
         )
     payload = {"result": result.to_dict(), "machine": machine_record()}
     if args.json:
-        write_json(args.json, payload)
+        write_json(args.json, "run", payload)
     if args.output_path:
-        write_json(Path(args.output_path) / "b3-run.json", payload)
+        write_json(Path(args.output_path) / "b3-run.json", "run", payload)
     if result.failure:
         kept = f"; the {len(result.runs)} finished run(s) are kept above" if result.runs else ""
         what = "b3 run: interrupted" if result.interrupted else f"b3 run: error: {result.failure}"

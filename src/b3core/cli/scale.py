@@ -12,7 +12,9 @@ from b3core.cli.options import (
     fields_as_argv,
     spec_from_args,
     timing_from_args,
+    write_json,
 )
+from b3core.spec.formats import upgraded
 from b3core.spec.sizes import parse_batch_sizes
 from b3core.spec.step import StepSpec, Timing
 from b3core.studies.scaling import MODES
@@ -63,7 +65,8 @@ def cmd_scale(args: argparse.Namespace) -> int:
         argv = ["step", *fields_as_argv(step), *fields_as_argv(timing), "--json", str(path)]
         ranks = argparse.Namespace(nproc_per_node=n, nnodes=1, node_rank=0, rdzv_endpoint=None)
         launch.run_ranks(ranks, [*argv, "--nproc-per-node", str(n)])
-        results.append(StepResult.from_dict(json.loads(path.read_text())["result"]))
+        saved = upgraded("step", json.loads(path.read_text()), str(path))
+        results.append(StepResult.from_dict(saved["result"]))
     frame = scaling_frame(results)
     title = (
         f"{spec.model} {spec.mode}, {args.scaling} scaling, batch {spec.batch_size}, {spec.device}"
@@ -76,7 +79,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     )
     payload = {"title": title, "scaling": args.scaling, "rows": frame.to_dict("records")}
     payload["machine"] = machine_record()
-    (out / "scaling.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    write_json(out / "scaling.json", "scale", payload)
     (out / "scaling.md").write_text(f"# {title}\n\n{frame.to_markdown(index=False)}\n")
     plot_scaling(frame, out / "scaling.png", title)
     return 0

@@ -39,5 +39,5 @@ def cmd_step(args: argparse.Namespace) -> int:
     if rank is None or rank.rank == 0:
         print(describe_step_result(result))
         if args.json:
-            write_json(args.json, {"result": result.to_dict(), "machine": machine_record()})
+            write_json(args.json, "step", {"result": result.to_dict(), "machine": machine_record()})
     return 0

@@ -20,6 +20,7 @@ from b3core.reports.plots import subplots
 from b3core.reports.sweep_report import atomic_write
 from b3core.reports.tables import mean_pm_sd
 from b3core.spec.converge import CLOCK, ConvergeSpec
+from b3core.spec.formats import stamped
 from b3core.spec.step import StepSpec
 
 TO_TARGET = ("steps_to_target", "epochs_to_target", "samples_to_target", "seconds_to_target")
@@ -246,7 +247,8 @@ def write_converge_report(
         "summary": summary.astype(object).where(summary.notna(), None).to_dict(orient="records"),
         "runs": runs,
     }
-    atomic_write(folder / "converge.json", json.dumps(payload, indent=2, default=str) + "\n")
+    text = json.dumps(stamped("converge", payload), indent=2, default=str)
+    atomic_write(folder / "converge.json", text + "\n")
     lines = [title, display_frame(summary).to_markdown(index=False)]
     lines.append(f"seconds: training steps only ({CLOCK})")
     if critical is not None:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from b3core.reports.plots import plot_batch_curves
 from b3core.reports.tables import display_frame, results_frame, to_text
+from b3core.spec.formats import stamped
 from b3core.studies.alignment import compare_neighbours, comparison_frame, verdict
 from b3core.studies.memory_model import AnalyticMemory, analytic_fixed_memory
 
@@ -82,7 +83,9 @@ def write_sweep_report(out_dir: str | Path, sweep: SweepResult, machine: dict) -
     csv_path, json_path = out / "sweep.csv", out / "sweep.json"
     atomic_write(csv_path, sweep_frame(sweep).to_csv(index=False))
     atomic_write(
-        json_path, json.dumps(sweep_summary_dict(sweep, machine), indent=2, default=str) + "\n"
+        json_path,
+        json.dumps(stamped("sweep", sweep_summary_dict(sweep, machine)), indent=2, default=str)
+        + "\n",
     )
     written = [csv_path, json_path]
     frame = results_frame(sweep.results)

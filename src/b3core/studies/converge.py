@@ -25,6 +25,7 @@ from b3core.errors import B3Error
 from b3core.measuring.memory import release_memory
 from b3core.measuring.noise_scale import GradientProbe, NoiseScale
 from b3core.measuring.protocol import is_out_of_memory
+from b3core.spec import formats
 from b3core.spec.converge import ConvergeSpec
 from b3core.spec.step import StepSpec
 from b3core.studies import log_file
@@ -367,7 +368,6 @@ def _out_of_memory_run(batch: int, seed: int, step: StepSpec, exc: BaseException
 
 
 LOG_NAME = "converge.jsonl"
-LOG_FORMAT = 1
 
 
 class ConvergeLog:
@@ -391,9 +391,7 @@ class ConvergeLog:
         path = Path(out_dir) / LOG_NAME
         identity = json.loads(json.dumps(cls.identity(spec, step)))  # tuples as JSON has them
         if not path.exists():
-            log_file.create(
-                path, {"b3_converge": LOG_FORMAT, "study": identity, "machine": machine}
-            )
+            log_file.create(path, "converge-log", {"study": identity, "machine": machine})
             return cls(path, {})
         if not resume:
             raise B3Error(f"{path} already holds a study: pass --resume, or choose another --out")
@@ -407,11 +405,19 @@ class ConvergeLog:
         self.runs[(run["batch_size"], run["seed"])] = run
 
 
+@formats.upgrade("converge-log", 0)
+def _from_b3_0_3(header: dict) -> dict:
+    """b3 0.3 marked the header "b3_converge": 1."""
+    if header.get("b3_converge") != 1:
+        raise ValueError("not a b3 converge log")
+    return {k: v for k, v in header.items() if k != "b3_converge"}
+
+
 def read_log(path: str | Path) -> tuple[dict, dict[tuple[int, int], dict]]:
     lines = log_file.read_lines(path, "convergence study")
     try:
-        header = json.loads(lines[0])
-        if header.get("b3_converge") != LOG_FORMAT:
+        header = formats.upgraded("converge-log", json.loads(lines[0]), f"convergence log {path}")
+        if "study" not in header:
             raise ValueError("not a b3 converge log")
         runs = {}
         for line in lines[1:]:

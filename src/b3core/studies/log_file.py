@@ -9,12 +9,14 @@ import os
 from pathlib import Path
 
 from b3core.errors import B3Error
+from b3core.spec import formats
 
 
-def create(path: Path, header: dict) -> None:
+def create(path: Path, kind: str, header: dict) -> None:
+    """A new log whose header line says its format (spec/formats.py)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
-        f.write(json.dumps(header) + "\n")
+        f.write(json.dumps(formats.stamped(kind, header)) + "\n")
         f.flush()
         os.fsync(f.fileno())
 

@@ -21,12 +21,12 @@ from b3core.measuring.isolation import measure_maybe_isolated
 from b3core.measuring.result import StepResult
 from b3core.measuring.stats import Measurement
 from b3core.measuring.telemetry import merge_summaries
+from b3core.spec import formats
 from b3core.spec.step import StepSpec, Timing
 from b3core.studies import log_file
 from b3core.studies.memory_model import MemoryFit, fit_memory
 
 LOG_NAME = "sweep.jsonl"
-LOG_FORMAT = 2  # 1: b3 0.1, whose results lack the clock, the warm-up and the workload
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class SweepLog:
                     f"options, or choose another --out"
                 )
             return cls(path, records)
-        log_file.create(path, {"b3_sweep": LOG_FORMAT, "plan": plan.identity(), "machine": machine})
+        log_file.create(path, "sweep-log", {"plan": plan.identity(), "machine": machine})
         return cls(path, {})
 
     def append(self, unit: Unit, record: dict) -> None:
@@ -153,18 +153,26 @@ def _with_current_defaults(identity: dict) -> dict:
     return {**identity, "base": base, "timing": Timing.from_dict(identity["timing"]).to_dict()}
 
 
+@formats.upgrade("sweep-log", 0)
+def _from_b3_0_3(header: dict) -> dict:
+    """b3 0.2 to 0.3 marked the header "b3_sweep": 2, b3 0.1 "b3_sweep": 1."""
+    if header.get("b3_sweep") == 1:
+        raise B3Error(
+            "written by b3 0.1, whose results lack the clock, the warm-up and the workload: run "
+            "the sweep again into a new --out"
+        )
+    if header.get("b3_sweep") != 2:
+        raise ValueError("not a b3 sweep log header")
+    return {k: v for k, v in header.items() if k != "b3_sweep"}
+
+
 def read_log(path: str | Path) -> tuple[dict, dict[tuple, dict]]:
     """(header, records by unit key). A last line cut off by a kill mid-write is dropped; any
     other damage is a one-line B3Error."""
     lines = log_file.read_lines(path, "sweep")
     try:
-        header = json.loads(lines[0])
-        if header.get("b3_sweep") == 1:
-            raise B3Error(
-                f"sweep log {path} was written by b3 0.1, whose results lack the clock, the "
-                "warm-up and the workload: run the sweep again into a new --out"
-            )
-        if header.get("b3_sweep") != LOG_FORMAT or "plan" not in header:
+        header = formats.upgraded("sweep-log", json.loads(lines[0]), f"sweep log {path}")
+        if "plan" not in header:
             raise ValueError("not a b3 sweep log header")
         records = {}
         for number, line in enumerate(lines[1:], start=2):

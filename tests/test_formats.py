@@ -1,0 +1,65 @@
+"""Saved files say what they are ("format": "b3/<kind>/<n>"), and older ones load through their
+kind's upgrade; a newer or a different kind is one line."""
+
+import json
+
+import pytest
+
+from b3core.errors import B3Error
+from b3core.spec import formats
+from b3core.studies import log_file
+from b3core.studies.converge import read_log as read_converge_log
+from b3core.studies.sweep import read_log as read_sweep_log
+
+
+def test_every_kind_is_stamped_with_its_current_format():
+    for kind, version in formats.CURRENT.items():
+        payload = formats.stamped(kind, {"x": 1})
+        assert payload == {"format": f"b3/{kind}/{version}", "x": 1}
+        assert formats.upgraded(kind, payload, "f") == payload
+
+
+def test_files_from_before_formats_are_upgraded_through_their_kind():
+    """b3 0.3's find-max file (no format) reads as today's."""
+    old = {"max_batch": 64, "spec": {"model": "simple_cnn"}}
+    assert formats.upgraded("find-max", old, "f") == {"format": "b3/find-max/1", **old}
+
+
+@pytest.mark.parametrize(
+    "payload,fragment",
+    [
+        ({"format": "b3/find-max/99"}, "newer b3"),
+        ({"format": "b3/sweep/1"}, "is a b3 sweep file, not a find-max file"),
+        ({"format": "pytest-benchmark"}, "unknown format"),
+    ],
+)
+def test_a_newer_or_another_kind_is_one_line(payload, fragment):
+    with pytest.raises(B3Error, match=fragment):
+        formats.upgraded("find-max", payload, "f.json")
+
+
+def test_the_logs_write_their_format_and_read_b3_0_3s(tmp_path):
+    path = tmp_path / "sweep.jsonl"
+    log_file.create(path, "sweep-log", {"plan": {"sizes": [8]}, "machine": {}})
+    assert json.loads(path.read_text().splitlines()[0])["format"] == "b3/sweep-log/1"
+    header, _ = read_sweep_log(path)
+    assert header["plan"] == {"sizes": [8]}
+    path.write_text(json.dumps({"b3_sweep": 2, "plan": {"sizes": [8]}, "machine": {}}) + "\n")
+    header, _ = read_sweep_log(path)  # b3 0.3's header
+    assert header["format"] == "b3/sweep-log/1" and "b3_sweep" not in header
+    path.write_text(json.dumps({"b3_sweep": 1, "plan": {}}) + "\n")
+    with pytest.raises(B3Error, match="written by b3 0.1"):
+        read_sweep_log(path)
+    converge = tmp_path / "converge.jsonl"
+    converge.write_text(json.dumps({"b3_converge": 1, "study": {"a": 1}, "machine": {}}) + "\n")
+    header, runs = read_converge_log(converge)
+    assert header["study"] == {"a": 1} and runs == {}
+
+
+def test_a_commands_json_says_its_format(tmp_path, capsys):
+    from b3core.cli import main
+
+    out = tmp_path / "step.json"
+    assert main(["step", "--batch-size", "2", "--device", "cpu", "--repeats", "2",
+                 "--no-telemetry", "--json", str(out)]) == 0  # fmt: skip
+    assert json.loads(out.read_text())["format"] == "b3/step/1"
