@@ -7,22 +7,23 @@ from dataclasses import dataclass, field
 
 from b3core.errors import B3Error
 from b3core.spec.step import Record, option
-from b3core.spec.validate import parse_number, parse_positive_int, require_choice
+from b3core.spec.validate import (
+    parse_number,
+    parse_positive,
+    require_choice,
+)
 
 SEARCHES = ("guided", "bisect")
-
-
-def _positive(text: str) -> int:
-    return parse_positive_int("value", text)
 
 
 @dataclass(frozen=True)
 class FinderSettings(Record):
     start: int = field(
-        default=1, metadata=option("--start", parse=_positive, help="the first size")
+        default=1, metadata=option("--start", parse=parse_positive, help="the first size")
     )
     limit: int = field(
-        default=65536, metadata=option("--limit", parse=_positive, help="the largest size tried")
+        default=65536,
+        metadata=option("--limit", parse=parse_positive, help="the largest size tried"),
     )
     safety_margin: float = field(
         default=0.10,

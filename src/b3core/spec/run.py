@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 
 from b3core.errors import B3Error
 from b3core.spec.step import DATASETS, MIN_WARMUP, Record, StepSpec, Timing, option
-from b3core.spec.validate import parse_positive_int, require_choice, require_positive_int
-
-
-def _positive(text: str) -> int:
-    return parse_positive_int("value", text)
+from b3core.spec.validate import (
+    parse_positive,
+    parse_positive_int,
+    require_choice,
+    require_positive_int,
+)
 
 
 def _non_negative(text: str) -> int:
@@ -29,7 +30,7 @@ class RunConfig(Record):
 
     step: StepSpec
     num_epochs: int = field(
-        default=1, metadata=option("--num-epochs", parse=_positive, help="epochs per run")
+        default=1, metadata=option("--num-epochs", parse=parse_positive, help="epochs per run")
     )
     dataset: str = field(
         default=DATASETS[0],
@@ -41,7 +42,7 @@ class RunConfig(Record):
     )
     train_size: int | None = field(
         default=None,
-        metadata=option("--train-size", parse=_positive, help="fewer training images than B3's"),
+        metadata=option("--train-size", parse=parse_positive, help="fewer images than B3's"),
     )
     num_workers: int = field(
         default=0, metadata=option("--num-workers", parse=_non_negative, help="DataLoader workers")
@@ -54,7 +55,7 @@ class RunConfig(Record):
     )
     warmup: int = field(
         default=MIN_WARMUP,
-        metadata=option("--warmup", parse=_positive, help="untimed steps first, in each phase"),
+        metadata=option("--warmup", parse=parse_positive, help="untimed steps per phase"),
     )
 
     def __post_init__(self) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from b3core.errors import B3Error
 from b3core.spec.validate import (  # noqa: F401 - parse_number: spec's users import it here
     parse_number,
+    parse_positive,
     parse_positive_int,
     require_choice,
     require_positive_int,
@@ -32,10 +33,6 @@ DATASETS = ("synthetic", "cifar10")  # what `b3 run` trains on; nothing is ever 
 MIN_WARMUP = 2  # cuDNN autotuning, allocator growth and Adam's lazily created state
 DEFAULT_LR = 5e-4  # B3's Adam learning rate
 DEFAULT_REPEATS = 10
-
-
-def _positive(text: str) -> int:
-    return parse_positive_int("value", text)
 
 
 def parse_shape(text: str) -> str:
@@ -92,7 +89,7 @@ class StepSpec(Record):
         )
     )
     batch_size: int = field(
-        metadata=option("--batch-size", parse=_positive, help="samples per micro-batch")
+        metadata=option("--batch-size", parse=parse_positive, help="samples per micro-batch")
     )
     precision: str = field(
         default="fp32",
@@ -101,7 +98,7 @@ class StepSpec(Record):
     accumulation_steps: int = field(
         default=1,
         metadata=option(
-            "--accumulation-steps", parse=_positive, help="micro-batches per optimizer step"
+            "--accumulation-steps", parse=parse_positive, help="micro-batches per optimizer step"
         ),
     )
     mode: str = field(
@@ -115,11 +112,13 @@ class StepSpec(Record):
     )
     image_size: int | None = field(
         default=None,
-        metadata=option("--image-size", parse=_positive, help="override the model's input size"),
+        metadata=option(
+            "--image-size", parse=parse_positive, help="override the model's input size"
+        ),
     )
     num_classes: int | None = field(
         default=None,
-        metadata=option("--num-classes", parse=_positive, help="override the model's classes"),
+        metadata=option("--num-classes", parse=parse_positive, help="override the model's classes"),
     )
     optimizer: str = field(
         default="adam", metadata=option("--optimizer", choices=OPTIMIZERS, help="the optimizer")
@@ -168,7 +167,9 @@ class StepSpec(Record):
     )
     vocab_size: int | None = field(
         default=None,
-        metadata=option("--vocab-size", parse=_positive, help="token ids' range for int64 input"),
+        metadata=option(
+            "--vocab-size", parse=parse_positive, help="token ids' range for int64 input"
+        ),
     )
     loss: str | None = field(
         default=None,
@@ -246,7 +247,7 @@ class Timing(Record):
     repeats: int = field(
         default=DEFAULT_REPEATS,
         metadata=option(
-            "--repeats", parse=_positive, help="timed samples (steps, or blocks of steps)"
+            "--repeats", parse=parse_positive, help="timed samples (steps, or blocks of steps)"
         ),
     )
     warmup: int = field(
@@ -270,7 +271,7 @@ class Timing(Record):
     block_steps: int | None = field(
         default=None,
         metadata=option(
-            "--block-steps", parse=_positive, help="steps per block with the blocked clock"
+            "--block-steps", parse=parse_positive, help="steps per block with the blocked clock"
         ),
     )
 

@@ -45,3 +45,8 @@ def require_choice(kind: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise B3Error(f"unknown {kind} {value!r}; choose one of {', '.join(choices)}")
     return value
+
+
+def parse_positive(text: object) -> int:
+    """A positive integer option's value (the option's name is argparse's to say)."""
+    return parse_positive_int("value", text)
