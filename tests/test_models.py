@@ -82,3 +82,25 @@ def test_image_size_is_validated():
         create_model("vit_b_16", image_size=100)
     with pytest.raises(B3Error, match="at least"):
         create_model("vit_tiny", image_size=4)
+
+
+def test_b3s_own_models_run_without_importing_torchvision():
+    """torchvision (a second to import) loads only when one of its models is built; the machine
+    record still names its version, build tag included."""
+    import subprocess
+    import sys
+
+    import torchvision
+
+    probe = (
+        "import sys\n"
+        "from b3core import create_model\n"
+        "from b3core.measuring.machine import machine_record\n"
+        "create_model('simple_cnn')\n"
+        "version = machine_record()['torchvision']\n"
+        "print('torchvision' in sys.modules, version)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", torchvision.__version__]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import importlib.util
 import os
 import platform
 import re
@@ -42,11 +44,14 @@ def _nvidia_driver() -> str | None:
 
 
 def _torchvision_version() -> str | None:
-    try:
-        import torchvision
-    except ImportError:  # pragma: no cover - torchvision is a dependency
+    """torchvision.__version__ (with its build tag, "+cu130"), read from its version.py: the
+    import itself costs a second that a run of b3's own models never needs."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - a dependency
         return None
-    return torchvision.__version__
+    source = Path(spec.submodule_search_locations[0], "version.py")
+    found = re.search(r"^__version__ = '([^']+)'", source.read_text(), re.MULTILINE)
+    return found[1] if found else importlib.metadata.version("torchvision")
 
 
 @functools.cache

@@ -13,7 +13,6 @@ import fnmatch
 from collections.abc import Callable
 
 from torch import nn
-from torchvision import models as tv
 
 from b3core.errors import B3Error
 from b3core.spec.step import StepSpec, shape_dims
@@ -113,40 +112,47 @@ def count_parameters(model: nn.Module) -> int:
 # --- torchvision models: random init, classifier sized to the class count -------------------
 
 
+def _tv():
+    """torchvision's models, imported when one is built (the import costs a second)."""
+    from torchvision import models
+
+    return models
+
+
 @register_model(image_size=224)
 def mobilenet_v3_large(num_classes: int, image_size: int) -> nn.Module:
     """torchvision MobileNetV3-large, B3's model (classifier ends in Linear(1280, classes))."""
-    return tv.mobilenet_v3_large(weights=None, num_classes=num_classes)
+    return _tv().mobilenet_v3_large(weights=None, num_classes=num_classes)
 
 
 @register_model(image_size=224)
 def mobilenet_v3_small(num_classes: int, image_size: int) -> nn.Module:
     """torchvision MobileNetV3-small."""
-    return tv.mobilenet_v3_small(weights=None, num_classes=num_classes)
+    return _tv().mobilenet_v3_small(weights=None, num_classes=num_classes)
 
 
 @register_model(image_size=224)
 def resnet18(num_classes: int, image_size: int) -> nn.Module:
     """torchvision ResNet-18."""
-    return tv.resnet18(weights=None, num_classes=num_classes)
+    return _tv().resnet18(weights=None, num_classes=num_classes)
 
 
 @register_model(image_size=224)
 def resnet50(num_classes: int, image_size: int) -> nn.Module:
     """torchvision ResNet-50."""
-    return tv.resnet50(weights=None, num_classes=num_classes)
+    return _tv().resnet50(weights=None, num_classes=num_classes)
 
 
 @register_model(image_size=224, image_size_multiple=16)
 def vit_b_16(num_classes: int, image_size: int) -> nn.Module:
     """torchvision ViT-B/16, a transformer (86M parameters)."""
-    return tv.vit_b_16(weights=None, num_classes=num_classes, image_size=image_size)
+    return _tv().vit_b_16(weights=None, num_classes=num_classes, image_size=image_size)
 
 
 @register_model(image_size=32, min_image_size=8, image_size_multiple=4)
 def vit_tiny(num_classes: int, image_size: int) -> nn.Module:
     """A small ViT (patch 4, 4 layers, width 192) that runs quickly on CPU."""
-    return tv.VisionTransformer(
+    return _tv().VisionTransformer(
         image_size=image_size,
         patch_size=4,
         num_layers=4,

@@ -228,10 +228,21 @@ class Zygote:
         self.control.send(json.dumps(answer, default=str).encode())
 
     def preload(self, model: str) -> dict:
-        """Import the model's own code (a user's module, timm) before any fork."""
+        """Import the model's own code (a user's module, timm, torchvision) before any fork:
+        resolve it, and build it once on the meta device (no memory, no weights), which
+        imports whatever its builder imports lazily."""
+        import torch
+
         from b3core.workloads.models import get_model_spec
 
         get_model_spec(model)
+        try:
+            from b3core.workloads.models import create_model
+
+            with torch.device("meta"):
+                create_model(model)
+        except Exception:  # noqa: BLE001 - a builder meta tensors cannot run; imports are kept
+            pass
         self.threads_at_rest = max(self.threads_at_rest, _threads())
         return {"threads": self.threads_at_rest}
 
