@@ -461,7 +461,8 @@ def test_compare_times_each_revisions_own_model(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "b3core.cli", "compare", "HEAD~1", "HEAD",
          "--model", "my_project.nets:tiny_mlp", "--batch-size", "64", "--device", "cpu",
-         "--epoch-time", "0.5", "--min-rounds", "4", "--alpha", "0.2", "--json", str(out)],
+         "--epoch-time", "0.5", "--min-rounds", "2", "--max-time", "30", "--alpha", "0.2",
+         "--json", str(out)],
         cwd=repo, capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip

@@ -120,7 +120,7 @@ class GuardedRun(Generic[T]):
     """What run_guarded hands back: body's value, and the facts of the configuration."""
 
     value: T
-    memory: PeakMemory
+    memory: PeakMemory | None  # None: not tracked
     warmup: Warmup
     workload: WorkloadInfo
     device_name: str
@@ -151,9 +151,11 @@ def run_guarded(
     warmup: int = MIN_WARMUP,
     memory_budget: int | None = None,
     seed: int = 0,
+    track_memory: bool = True,
 ) -> GuardedRun[T]:
     """Build and warm the spec's step, hand it to `body`, and return body's value with the
-    configuration's peak memory, warm-up and workload.
+    configuration's peak memory (None with `track_memory` off: on CPU, starting the memory
+    profiler is a process's first second and a half), warm-up and workload.
 
     An out-of-memory error (real, or b3's budget guard) drops the step and the exception's frames,
     releases the device's memory, and is raised as StepOutOfMemory, so the caller can go on.
@@ -163,16 +165,18 @@ def run_guarded(
     budget = MemoryBudget(device, memory_budget)
     workload = ready = None
     try:
-        with device_context(device), PeakMemoryTracker(device) as tracker:
+        tracker = PeakMemoryTracker(device) if track_memory else None
+        with device_context(device), tracker or contextlib.nullcontext():
             workload = build_workload(step, seed)
             record, last = warm_up(workload, device, max(MIN_WARMUP, warmup))
-            if tracker.warmed():  # the memory profiler slowed the steps so far: one more
+            if tracker and tracker.warmed():  # the memory profiler slowed the steps: one more
                 last = time_block(workload.call, device)  # sets the block length honestly
                 record = dataclasses.replace(record, steps=record.steps + 1)
             ready = ReadyStep(workload, device, record, last)
             value = body(ready)
-        peak = tracker.result()
-        budget.check(peak)
+        peak = tracker.result() if tracker else None
+        if peak is not None:
+            budget.check(peak)
         return GuardedRun(value, peak, record, workload.info, device_name(device))
     except Exception as exc:  # noqa: BLE001 - only OOMs are handled; the rest re-raise
         if not is_out_of_memory(exc):
@@ -310,5 +314,7 @@ def _comm_share(ready: ReadyStep, k: int) -> float:
 
 def prepare(spec: StepSpec | ResolvedStep, warmup: int = MIN_WARMUP, seed: int = 0) -> ReadyStep:
     """A built, warmed step for a timer that runs later and elsewhere (asv's time_* benchmarks
-    take their samples after setup returns). Memory is not tracked past the warm-up."""
-    return run_guarded(spec, lambda ready: ready, warmup=warmup, seed=seed).value
+    take their samples after setup returns). Its memory is not tracked."""
+    return run_guarded(
+        spec, lambda ready: ready, warmup=warmup, seed=seed, track_memory=False
+    ).value

@@ -151,7 +151,7 @@ def run_once(cfg: RunConfig, splits: Splits, seed: int) -> RunResult:
         inference = _phase(time.perf_counter() - began, eval_samples, eval_batches)
         return RunResult(train, inference, float(loss))
 
-    return run_guarded(spec, body, warmup=cfg.warmup, seed=seed).value
+    return run_guarded(spec, body, warmup=cfg.warmup, seed=seed, track_memory=False).value
 
 
 @dataclass(frozen=True)

@@ -228,9 +228,10 @@ class Zygote:
         self.control.send(json.dumps(answer, default=str).encode())
 
     def preload(self, model: str) -> dict:
-        """Import the model's own code (a user's module, timm, torchvision) before any fork:
-        resolve it, and build it once on the meta device (no memory, no weights), which
-        imports whatever its builder imports lazily."""
+        """Import what every worker would import before any fork: the model's own code (a
+        user's module, timm, torchvision) and what a first optimizer imports (torch._dynamo,
+        a second and a half). The model and an optimizer are built once on the meta device:
+        no memory, no weights."""
         import torch
 
         from b3core.workloads.models import get_model_spec
@@ -240,7 +241,7 @@ class Zygote:
             from b3core.workloads.models import create_model
 
             with torch.device("meta"):
-                create_model(model)
+                torch.optim.SGD(create_model(model).parameters(), lr=0.1)
         except Exception:  # noqa: BLE001 - a builder meta tensors cannot run; imports are kept
             pass
         self.threads_at_rest = max(self.threads_at_rest, _threads())
