@@ -162,6 +162,8 @@ def run_guarded(
     """
     step = spec if isinstance(spec, ResolvedStep) else resolve(spec)
     spec, device = step.spec, step.device
+    if memory_budget is not None and not track_memory:
+        raise ValueError("a memory budget needs the memory tracked")
     budget = MemoryBudget(device, memory_budget)
     workload = ready = None
     try:
