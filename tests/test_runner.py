@@ -140,18 +140,19 @@ def test_warm_up_goes_on_until_the_loss_scale_has_settled(scaled_and_poisoned):
     scaled_and_poisoned.extend([1, 2, 3, 4, 5])  # the first five updates overflow
     result = measure(StepSpec("simple_cnn", 4, device=CPU), Timing(repeats=3, clock="per-step"))
     assert result.warmup.skipped_updates == 5
-    # five skipped, two applied in a row, and one more after the CPU memory profiler stopped
-    assert result.warmup.steps == 8
+    # five skipped, two applied in a row, and the steps after the CPU memory profiler stopped
+    assert result.warmup.steps == 7 + runner.STEPS_AFTER_PROFILER
     assert result.warmup.settled
     assert result.skipped_steps == 0
     assert not [w for w in result.warnings if "skipped" in w or "settled" in w]
 
 
 def test_skipped_updates_inside_the_clock_are_counted_and_warned_about(scaled_and_poisoned):
-    # attempts 1-2 warm up, 3 follows the CPU memory profiler's end; 4-11 are timed
-    scaled_and_poisoned.extend([4, 7])
+    # attempts 1-2 warm up, then the steps after the CPU memory profiler's end; then 8 timed
+    first_timed = 3 + runner.STEPS_AFTER_PROFILER
+    scaled_and_poisoned.extend([first_timed, first_timed + 3])
     result = measure(StepSpec("simple_cnn", 4, device=CPU), Timing(repeats=8, clock="per-step"))
-    assert result.warmup.steps == 3
+    assert result.warmup.steps == 2 + runner.STEPS_AFTER_PROFILER
     assert result.skipped_steps == 2
     assert any("2 of 8 timed steps skipped" in w for w in result.warnings)
     assert result.to_dict()["skipped_steps"] == 2
@@ -161,9 +162,33 @@ def test_a_step_that_never_settles_is_reported(scaled_and_poisoned, monkeypatch)
     monkeypatch.setattr(runner, "MAX_WARMUP_STEPS", 6)
     scaled_and_poisoned.extend(range(1, 100))
     result = measure(StepSpec("simple_cnn", 4, device=CPU), Timing(repeats=2, clock="per-step"))
-    assert result.warmup.steps == 6 + 1 and not result.warmup.settled  # + the post-profiler step
+    assert result.warmup.steps == 6 + runner.STEPS_AFTER_PROFILER and not result.warmup.settled
     assert any("not settled" in w for w in result.warnings)
     assert result.skipped_steps == 2
+
+
+def test_blocks_are_sized_from_a_step_after_the_profilers_slow_one(monkeypatch):
+    """On CPU the first step after the memory profiler stops runs several times slow; the
+    blocked clock's length comes from a step after it."""
+    stopped = []
+    real_warmed = runner.PeakMemoryTracker.warmed
+
+    def warmed(self):
+        stopped.append(True)
+        return real_warmed(self)
+
+    after_stop: list[bool] = []
+
+    def time_block(call, device, calls=1):
+        call()
+        if stopped:
+            after_stop.append(True)
+        return 0.5 if len(after_stop) == 1 else 0.001
+
+    monkeypatch.setattr(runner.PeakMemoryTracker, "warmed", warmed)
+    monkeypatch.setattr(runner, "time_block", time_block)
+    ready = runner.run_guarded(StepSpec("simple_cnn", 2, device=CPU), lambda ready: ready).value
+    assert stopped and ready.last_warmup_step_s == 0.001
 
 
 def test_compile_reports_its_first_call_apart():

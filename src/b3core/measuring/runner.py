@@ -38,6 +38,7 @@ T = TypeVar("T")
 # fp16's GradScaler starts at 2**16 and halves on each overflow; this many steps is far more
 # than it needs to settle, and a step that never settles is reported, not timed as if it had.
 MAX_WARMUP_STEPS = 100
+STEPS_AFTER_PROFILER = 2
 
 
 @dataclass
@@ -171,9 +172,12 @@ def run_guarded(
         with device_context(device), tracker or contextlib.nullcontext():
             workload = build_workload(step, seed)
             record, last = warm_up(workload, device, max(MIN_WARMUP, warmup))
-            if tracker and tracker.warmed():  # the memory profiler slowed the steps: one more
-                last = time_block(workload.call, device)  # sets the block length honestly
-                record = dataclasses.replace(record, steps=record.steps + 1)
+            if tracker and tracker.warmed():
+                # The profiler slowed the warm-up, and on CPU the first step after it stops is
+                # slow too: blocks are sized from the last of these.
+                for _ in range(STEPS_AFTER_PROFILER):
+                    last = time_block(workload.call, device)
+                record = dataclasses.replace(record, steps=record.steps + STEPS_AFTER_PROFILER)
             ready = ReadyStep(workload, device, record, last)
             value = body(ready)
         peak = tracker.result() if tracker else None
