@@ -1,9 +1,11 @@
 """asv end to end on b3's own suite (benchmarks/asv_steps.py), on CPU, one case.
 
-A throwaway copy of this repository gets commits that make the training step 30% slower, and
-30% faster. `asv continuous` must flag the slowdown on every metric that moved (step time and
-time per sample), as worse, and must pass the speedup: asv reads every number as
-lower-is-better, and b3's suite tracks only costs. Then `asv publish` writes the HTML.
+A throwaway copy of this repository gets a commit that makes the training step 30% slower.
+`asv continuous` must flag the slowdown on every metric that moved (step time and time per
+sample), as worse; then `asv publish` writes the HTML. That asv reads every number as
+lower-is-better is shown here; that every number b3's suite tracks is a cost, so that a faster
+step passes the gate, is guarded deterministically by
+test_every_tracked_number_of_b3s_suite_grows_when_the_step_slows.
 
 Each commit is installed by copying its `src/b3core` into the asv environment (install.py),
 beside a .pth that makes the torch already installed here importable: nothing is downloaded.
@@ -12,10 +14,8 @@ The case runs on one intra-op thread. On the 2-core VM, with torch's two threads
 with asv's own process, simple_cnn at batch 256 moved ±20-50% between processes (8366-12127
 samples/s over four `b3 step` runs, and 9969 vs 15879 within one process), which a 30% change
 cannot clear; with OMP_NUM_THREADS=1 five runs stayed within 5381-6412 samples/s. Even so a
-burst of noise sometimes hides a metric for a whole comparison, so each verdict may take up to
-ATTEMPTS comparisons and passes on the first that shows it. Retries also let noise rescue a
-wrong suite now and then (it did once, in a mutation run), so the direction itself is guarded
-deterministically by test_every_tracked_number_of_b3s_suite_grows_when_the_step_slows.
+burst of noise sometimes hides a metric for a whole comparison, so the verdict may take up to
+ATTEMPTS comparisons and passes on the first that shows it.
 """
 
 import json
@@ -33,7 +33,7 @@ INSTALL = Path(__file__).parent / "asv_e2e" / "install.py"
 CASE = {"B3_MODELS": "simple_cnn", "B3_BATCH_SIZES": "256", "B3_PRECISIONS": "fp32"}
 TRAIN_METRICS = ("TrainStep.time_train_step", "TrainCost.track_seconds_per_sample")
 # The step's own time times this much is slept after it, so the change scales with the step.
-SLOWER, SLOW_BASE = 0.30, 0.43  # 1.3x; and 1/1.43 = 0.7x when the sleep is removed again
+SLOWER = 0.30
 ATTEMPTS = 4
 
 
@@ -71,8 +71,6 @@ def b3_repo(tmp_path_factory):
     commits = {
         "base": git(repo, "rev-parse", "HEAD"),
         "slower": commit_step_delay(repo, training, SLOWER, "training step 30% slower"),
-        "slow base": commit_step_delay(repo, training, SLOW_BASE, "training step 43% slower"),
-        "faster": commit_step_delay(repo, training, 0, "training step 30% faster than that"),
     }
     home = repo / "home"
     home.mkdir()
@@ -127,21 +125,12 @@ def flagged_worse(proc) -> bool:
     return proc.returncode != 0 and changes(proc.stdout) == {m: "+" for m in TRAIN_METRICS}
 
 
-def passed_as_better(proc) -> bool:
-    """The gate passed, with some metric marked better and none worse."""
-    marks = changes(proc.stdout)
-    return proc.returncode == 0 and "-" in marks.values() and "+" not in marks.values()
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "base,head,expected",
-    [("base", "slower", flagged_worse), ("slow base", "faster", passed_as_better)],
-    ids=["30% slower fails the gate", "30% faster passes it"],
-)
-def test_asv_continuous_on_b3s_suite_gates_in_the_right_direction(b3_repo, base, head, expected):
+def test_asv_continuous_on_b3s_suite_fails_the_gate_on_a_slower_step(b3_repo):
     repo, env, commits = b3_repo
-    shown, reports = first_attempt_showing(repo, env, commits[base], commits[head], expected)
+    shown, reports = first_attempt_showing(
+        repo, env, commits["base"], commits["slower"], flagged_worse
+    )
     assert shown, reports
 
 
