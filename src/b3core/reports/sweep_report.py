@@ -72,7 +72,7 @@ def sweep_summary_dict(sweep: SweepResult, machine: dict) -> dict:
         ],
         "memory_fit": fit.to_dict() if fit else None,
         "analytic_fixed_memory": analytic.to_dict() if analytic else None,
-        "alignment": [c.__dict__ for c in comparisons],
+        "alignment": [c.to_dict() for c in comparisons],
         "verdict_powers_of_two": verdicts["power of 2"],
         "verdict_multiples_of_8": verdicts["multiple of 8"],
     }
@@ -113,7 +113,7 @@ def render_sweep_summary(sweep: SweepResult) -> str:
     verdicts = alignment_verdicts(sweep, comparisons)
     if comparisons:
         parts.append(
-            "Alignment (training samples/s, aligned size minus neighbour, over passes):\n"
+            "Alignment (training samples/s of the aligned size against its neighbour):\n"
             + to_text(comparison_frame(comparisons))
         )
     parts.append(verdicts["power of 2"])
