@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from b3core.cli import main
@@ -12,8 +13,11 @@ from b3core.studies.sweep import SweepResult
 from b3core.workloads.info import WorkloadInfo
 
 
-def sweep_with(rates: dict[int, float], batchnorm: bool = False) -> SweepResult:
-    """A sweep whose batch B runs at rates[B] samples/s, steadily."""
+def sweep_with(
+    rates: dict[int, float], batchnorm: bool = False, pass_noise: float | None = None
+) -> SweepResult:
+    """A sweep whose batch B runs at rates[B] samples/s, steadily; with `pass_noise`, five
+    passes whose rates scatter by that much (relative SD) around it."""
     results = []
     for b, rate in rates.items():
         step = b / rate
@@ -27,7 +31,13 @@ def sweep_with(rates: dict[int, float], batchnorm: bool = False) -> SweepResult:
                 workload=WorkloadInfo(1000, (3, 32, 32), 10, batchnorm),
             )
         )
-    return SweepResult(results=results)
+    passes = {}
+    if pass_noise is not None:
+        rng = np.random.default_rng(0)
+        passes = {
+            ("train", b): list(r * np.exp(rng.normal(0, pass_noise, 5))) for b, r in rates.items()
+        }
+    return SweepResult(results=results, pass_rates=passes)
 
 
 RATES = {16: 500.0, 32: 900.0, 64: 980.0, 128: 1000.0, 256: 1010.0}
@@ -38,6 +48,37 @@ def test_fastest_and_smallest_within_five_percent():
     assert advice.fastest_batch == 256
     assert advice.smallest_near_best == 64  # 980 >= 0.95 * 1010; 900 is not
     assert advice.largest_safe is None
+
+
+def test_a_clear_lead_is_shown_with_its_interval():
+    advice = advise(sweep_with(RATES, pass_noise=0.002))
+    lead = advice.lead
+    assert advice.fastest_batch == advice.chosen_batch == 256 and lead.runner_up == 128
+    assert 1 < lead.ci_low < lead.ratio < lead.ci_high and not lead.within_noise
+    assert lead.tie_break is None
+    row = dict(advice.rows())["fastest batch (highest samples/s)"]
+    assert "ahead of 128 by 1.1% (95% CI +0.8% to +1.3%" in row and "within the noise" not in row
+
+
+def test_a_lead_within_the_noise_prefers_the_power_of_two():
+    advice = advise(sweep_with({64: 980.0, 127: 1000.0, 128: 998.0}, pass_noise=0.03))
+    assert advice.fastest_batch in (127, 128) and advice.lead.within_noise
+    assert advice.chosen_batch == 128 and advice.lead.tie_break == "the power of two"
+    assert (
+        "within the noise, so 128 is chosen for the power of two"
+        in dict(advice.rows())["fastest batch (highest samples/s)"]
+    )
+    assert advice.to_dict()["lead"]["tie_winner"] == 128
+
+
+def test_a_tie_of_two_others_prefers_the_smaller_memory():
+    advice = advise(sweep_with({96: 1000.0, 100: 1001.0}, pass_noise=0.03))
+    assert advice.lead.within_noise and advice.lead.tie_break == "the smaller peak memory"
+    assert advice.chosen_batch == 96  # the fake peak grows with the batch
+    assert (
+        advise(sweep_with({96: 1000.0, 100: 1001.0}, pass_noise=0.03), batch=100).chosen_batch
+        == 100
+    )
 
 
 def test_largest_safe_batch_caps_the_choice():

@@ -3,13 +3,46 @@ find-max-batch run when there is one), plus the learning rate and accumulation t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+from b3core.spec.sizes import is_power_of_two
+from b3core.studies.alignment import log_ratio_interval
 from b3core.studies.lr_rules import accumulation_for, scale_lr, warmup_steps
 from b3core.studies.memory_model import MemoryFit
 from b3core.studies.sweep import SweepResult
 
 NEAR_BEST = 0.95
+LEAD_CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Lead:
+    """The fastest batch's lead over the runner-up: the ratio of their samples/s, paired by
+    the sweep's passes, with its interval; and, when the interval holds no lead at all, which
+    of the two is chosen and why."""
+
+    runner_up: int
+    ratio: float
+    ci_low: float
+    ci_high: float
+    passes: int
+    tie_break: str | None = None  # "the power of two" or "the smaller peak memory"
+    tie_winner: int | None = None
+
+    @property
+    def within_noise(self) -> bool:
+        return self.ci_low <= 1
+
+    def describe(self) -> str:
+        lead = (
+            f"ahead of {self.runner_up} by {100 * (self.ratio - 1):.1f}% "
+            f"({LEAD_CONFIDENCE:.0%} CI {100 * (self.ci_low - 1):+.1f}% to "
+            f"{100 * (self.ci_high - 1):+.1f}%, paired over {self.passes} passes)"
+        )
+        if not self.within_noise:
+            return lead
+        return f"{lead}: within the noise, so {self.tie_winner} is chosen for {self.tie_break}"
 
 
 @dataclass(frozen=True)
@@ -28,6 +61,7 @@ class Advice:
     largest_safe: int | None
     largest_safe_source: str
     chosen_batch: int | None
+    lead: Lead | None = None  # None: no runner-up measured over at least 2 passes
     lr: float | None = None
     lr_rule: str | None = None
     warmup_steps: int | None = None
@@ -41,8 +75,11 @@ class Advice:
             return "n/a" if v is None else fmt.format(v)
 
         rate = show(self.fastest_samples_per_s, "{:.1f} samples/s")
+        fastest = f"{show(self.fastest_batch)} ({rate})"
+        if self.lead:
+            fastest += f", {self.lead.describe()}"
         rows = [
-            ("fastest batch (highest samples/s)", f"{show(self.fastest_batch)} ({rate})"),
+            ("fastest batch (highest samples/s)", fastest),
             (
                 f"smallest batch within {100 - NEAR_BEST * 100:.0f}% of that",
                 show(self.smallest_near_best),
@@ -66,7 +103,32 @@ class Advice:
         return rows
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "lead": dict(self.lead.__dict__) if self.lead else None}
+
+
+def lead_of_the_fastest(sweep: SweepResult, ranked: list) -> Lead | None:
+    """The fastest's lead over the runner-up (`ranked`: results, fastest first), with the
+    tie-break when the lead is within the noise: the power of two if one of the two is one,
+    else the smaller peak memory."""
+    rates = sweep.rates("train")
+    if len(ranked) < 2:
+        return None
+    first, second = ranked[0], ranked[1]
+    a, b = rates.get(first.spec.batch_size, []), rates.get(second.spec.batch_size, [])
+    passes = min(len(a), len(b))
+    if passes < 2:
+        return None
+    ratio, low, high = log_ratio_interval(a[:passes], b[:passes], LEAD_CONFIDENCE)
+    lead = Lead(second.spec.batch_size, ratio, low, high, passes)
+    if not lead.within_noise:
+        return lead
+    powers = [r for r in (first, second) if is_power_of_two(r.spec.batch_size)]
+    if len(powers) == 1:
+        winner, why = powers[0], "the power of two"
+    else:
+        winner = min((first, second), key=lambda r: r.memory.peak_bytes)
+        why = "the smaller peak memory"
+    return dataclasses.replace(lead, tie_break=why, tie_winner=winner.spec.batch_size)
 
 
 def advise(
@@ -101,11 +163,13 @@ def advise(
     def rate(r) -> float:
         return r.measurement.throughput.samples_per_s
 
-    fastest = max(measured, key=rate, default=None)
+    ranked = sorted(measured, key=rate, reverse=True)
+    fastest = ranked[0] if ranked else None
+    lead = lead_of_the_fastest(sweep, ranked)
     near = None
     if fastest is not None:
         near = min(r.spec.batch_size for r in measured if rate(r) >= NEAR_BEST * rate(fastest))
-    chosen = batch or (fastest.spec.batch_size if fastest else None)
+    chosen = batch or (lead and lead.tie_winner) or (fastest.spec.batch_size if fastest else None)
 
     advice = dict(
         fastest_batch=fastest.spec.batch_size if fastest else None,
@@ -114,6 +178,7 @@ def advise(
         largest_safe=largest_safe,
         largest_safe_source=source,
         chosen_batch=chosen,
+        lead=lead,
     )
     lr_batch = chosen
     if target_batch and chosen:
