@@ -15,6 +15,7 @@ import torch
 
 from b3core.cli import main
 from b3core.errors import B3Error
+from b3core.measuring import runner
 from b3core.measuring.runner import measure
 from b3core.spec.step import StepSpec, Timing
 from b3core.workloads import model_sources
@@ -148,8 +149,8 @@ def test_a_custom_step_replaces_b3s_and_b3_still_warms_and_times_it(nets, monkey
 
 def test_a_custom_step_without_the_optimizer_still_settles(nets):
     result = measure(StepSpec(f"{nets}:mlp", 2, device="cpu", train_step=f"{nets}:stepless"), QUICK)
-    # two warm-up steps, and one after the CPU memory profiler stopped
-    assert result.warmup.settled and result.warmup.steps == 2 + 1
+    # two warm-up steps, and those after the CPU memory profiler stopped
+    assert result.warmup.settled and result.warmup.steps == 2 + runner.STEPS_AFTER_PROFILER
 
 
 @pytest.mark.parametrize(
