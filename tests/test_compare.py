@@ -4,6 +4,7 @@ not, each epoch's workers are fresh processes of their side's code, bad input is
 exit 2, and nothing is left behind (worktrees, servers, workers), also after Ctrl-C or a dead
 worker."""
 
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from b3core.studies.compare.slowed_project import (
     commit_change,
     slowed_project,
 )
+from tests.cli_helpers import b3_here
 
 # The statistics are tested in test_compare_stats.py, the mechanics here.
 FAST = ["--model", FACTORY, "--batch-size", "8", "--device", "cpu", "--epoch-time", "0.5"]
@@ -40,6 +42,13 @@ def b3_compare(repo: Path, *args: str, timeout: float = 120) -> subprocess.Compl
         timeout=timeout,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+def b3_compare_here(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    """b3_compare's answer from this process, for input that b3 refuses before it starts any
+    worker: no interpreter to import torch into."""
+    with contextlib.chdir(repo):
+        return b3_here("compare", *args)
 
 
 def worktrees(repo: Path) -> list[str]:
@@ -128,7 +137,8 @@ def test_a_large_slowdown_is_a_regression(repo, slowdown):
 @pytest.mark.slow
 def test_every_epoch_runs_fresh_forked_workers_of_each_sides_own_code(slowdown):
     """Each epoch's two workers are new processes (no pid seen twice, none the server's),
-    forked, and each timed its own side's model: HEAD's has a layer more."""
+    forked, and each timed the user's model from its own side's tree (b3core as installed):
+    HEAD's has a layer more, and the report says that the sides timed different models."""
     record = json.loads((slowdown[1] / "compare.json").read_text())
     assert record["workers"]["start"] == "fork"
     case = record["cases"][0]
@@ -149,6 +159,8 @@ def test_every_epoch_runs_fresh_forked_workers_of_each_sides_own_code(slowdown):
     assert not servers["base"] & servers["head"]
     parameters = {side: case["prepared"][side][0]["workload"]["parameters"] for side in servers}
     assert parameters["head"] == parameters["base"] + 110
+    assert {case["prepared"][side][0]["workload"]["origin"] for side in servers} == {"import path"}
+    assert "the sides timed different models" in slowdown[0].stdout
 
 
 @pytest.mark.parametrize(
@@ -165,7 +177,7 @@ def test_every_epoch_runs_fresh_forked_workers_of_each_sides_own_code(slowdown):
 )
 def test_bad_input_is_one_line_and_exit_2(repo, args, fragment):
     case = ["--model", "simple_cnn", "--batch-size", "8", "--device", "cpu"]
-    proc = b3_compare(repo, *args, *case, timeout=60)
+    proc = b3_compare_here(repo, *args, *case)
     assert fragment in one_line_error(proc)
     assert len(worktrees(repo)) == 1
 
@@ -173,7 +185,7 @@ def test_bad_input_is_one_line_and_exit_2(repo, args, fragment):
 def test_compare_under_torchrun_is_one_line(repo, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    proc = b3_compare(repo, "HEAD~1", "HEAD", *FAST, timeout=60)
+    proc = b3_compare_here(repo, "HEAD~1", "HEAD", *FAST)
     assert "run it without torchrun" in one_line_error(proc)
 
 
@@ -266,7 +278,7 @@ def test_a_dirty_tree_cannot_be_worktree(repo):
     (repo / "README.md").write_text("uncommitted\n")
     subprocess.run(["git", "-C", str(repo), "add", "README.md"], check=True)
     try:
-        proc = b3_compare(repo, "HEAD", "WORKTREE", *FAST, timeout=60)
+        proc = b3_compare_here(repo, "HEAD", "WORKTREE", *FAST)
         assert "uncommitted changes" in one_line_error(proc)
     finally:
         subprocess.run(["git", "-C", str(repo), "rm", "-qf", "--cached", "README.md"])
@@ -274,7 +286,7 @@ def test_a_dirty_tree_cannot_be_worktree(repo):
 
 
 def test_revisions_outside_a_git_repository(tmp_path):
-    proc = b3_compare(tmp_path, "HEAD~1", "HEAD", *FAST, timeout=60)
+    proc = b3_compare_here(tmp_path, "HEAD~1", "HEAD", *FAST)
     assert "not in a git repository" in one_line_error(proc)
 
 
@@ -391,7 +403,7 @@ def test_saved_runs_get_a_significance_test(tmp_path, head_step_s, verdict, code
     base = saved_run(tmp_path / "base.json", 0.010, seed=1)
     head = saved_run(tmp_path / "head.json", head_step_s, seed=2)
     out = tmp_path / "verdict.json"
-    proc = b3_compare(tmp_path, "--saved", str(base), str(head), "--json", str(out), timeout=60)
+    proc = b3_compare_here(tmp_path, "--saved", str(base), str(head), "--json", str(out))
     assert proc.returncode == code, proc.stderr
     record = json.loads(out.read_text())
     assert record["verdict"] == verdict and record["interleaved"] is False
@@ -406,9 +418,9 @@ def test_saved_runs_that_share_no_case(tmp_path):
     other["benchmarks"][0]["extra_info"]["b3_result"]["spec"]["batch_size"] = 16
     head = tmp_path / "head.json"
     head.write_text(json.dumps(other))
-    proc = b3_compare(tmp_path, "--saved", str(base), str(head), timeout=60)
+    proc = b3_compare_here(tmp_path, "--saved", str(base), str(head))
     assert "share no b3 case" in one_line_error(proc)
-    missing = b3_compare(tmp_path, "--saved", str(base), str(tmp_path / "nope.json"), timeout=60)
+    missing = b3_compare_here(tmp_path, "--saved", str(base), str(tmp_path / "nope.json"))
     assert "does not exist" in one_line_error(missing)
 
 
@@ -488,7 +500,7 @@ def test_outputs_that_cannot_be_written_fail_first(repo, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     began = time.monotonic()
-    proc = b3_compare(repo, "HEAD~1", "HEAD", *FAST, "--json", str(blocker / "out.json"))
+    proc = b3_compare_here(repo, "HEAD~1", "HEAD", *FAST, "--json", str(blocker / "out.json"))
     assert "--json" in one_line_error(proc) and "cannot" in proc.stderr
     assert time.monotonic() - began < 30 and len(worktrees(repo)) == 1
 

@@ -17,7 +17,7 @@ from b3core.spec.step import StepSpec
 from b3core.studies.converge import Schedule, prepare_study, run_one, steps_per_epoch
 from b3core.workloads.ghost_bn import GhostBatchNorm, use_ghost_batch_norm
 from b3core.workloads.training import train_step
-from tests.cli_helpers import b3
+from tests.cli_helpers import b3_here as b3
 
 CPU = torch.device("cpu")
 TINY = ["--model", "small_bn_cnn", "--image-size", "8", "--device", "cpu"]
