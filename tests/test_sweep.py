@@ -12,6 +12,7 @@ from b3core.cli import main
 from b3core.errors import B3Error
 from b3core.spec import StepSpec, Timing
 from b3core.studies.sweep import LOG_NAME, SweepLog, SweepPlan, aggregate, read_log, run_sweep
+from tests.cli_helpers import b3_here
 
 BASE = StepSpec("simple_cnn", 1, device="cpu")
 MACHINE = {"slug": "test"}
@@ -182,7 +183,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_results(tmp_path):
     before = _log_lines(log)
     assert 5 <= len(before) < total, "the sweep must be killed midway for this test to mean much"
 
-    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
+    resumed = b3_here(*args[3:], "--resume")
     assert resumed.returncode == 0, resumed.stderr
     after = _log_lines(log)
     assert after[: len(before)] == before  # nothing measured before the kill was lost or redone

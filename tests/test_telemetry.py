@@ -17,7 +17,7 @@ from b3core.measuring.result import PeakMemory
 from b3core.measuring.runner import measure
 from b3core.spec import StepSpec, Timing
 
-from .cli_helpers import b3
+from .cli_helpers import b3, b3_here
 
 CPU = "cpu"
 
@@ -232,7 +232,7 @@ def test_no_telemetry_leaves_none(tmp_path):
     ],
 )
 def test_bad_telemetry_and_budget_input_is_one_line(argv, says):
-    proc = b3(*argv)
+    proc = b3_here(*argv)
     assert proc.returncode == 2, proc.stderr
     assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
