@@ -57,7 +57,7 @@ def b3_repo(tmp_path_factory):
         "build_command": [],
         "install_command": [f"python {INSTALL} {{build_dir}}"],
         "uninstall_command": [],
-        "launch_method": "spawn",
+        "launch_method": "forkserver",
         "benchmark_dir": "benchmarks",
         "env_dir": ".asv/env",
         "results_dir": ".asv/results",

@@ -97,7 +97,7 @@ def slowdown(repo, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]
         repo,
         *SLOWER,
         *FAST,
-        *("--min-rounds", "2", "--max-time", "30", "--alpha", "0.2"),
+        *("--min-rounds", "3", "--max-time", "18", "--alpha", "0.2"),
         *("--json", str(out / "compare.json"), "--plot", str(out / "blocks.png")),
         *("--markdown", str(out / "summary.md")),
     )
@@ -433,7 +433,7 @@ def test_identical_code_on_two_interpreters_is_no_regression(repo, tmp_path):
         repo,
         *("--base-python", sys.executable, "--head-python", sys.executable),
         *FAST,
-        *("--threshold", "0.5", "--alpha", "0.2", "--min-rounds", "2", "--max-time", "30"),
+        *("--threshold", "0.5", "--alpha", "0.2", "--min-rounds", "3", "--max-time", "18"),
         *("--json", str(out)),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

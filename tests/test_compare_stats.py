@@ -400,3 +400,26 @@ def test_rounds_of_forked_epochs_are_the_unit(monkeypatch):
     assert {b.round for b in out.blocks} == set(range(out.rounds))
     assert out.estimate.n == out.rounds and out.verdict == INCONCLUSIVE
     assert out.estimate.round_sd > 10 * out.estimate.between_sd
+
+
+def test_a_short_time_limit_gets_rounds_that_fit_it():
+    """Servers that take 4 s and epochs of 2 s: a round of 6 epochs puts a quarter of it into
+    the servers' start; a shorter --max-time gets fewer epochs per round, so that the rounds
+    before the first look fit it, down to one epoch."""
+    from types import SimpleNamespace
+
+    pool = SimpleNamespace(forks=True, server_start_s=4.0)
+
+    def epochs(max_time_s: float, min_rounds: int = 2) -> int:
+        settings = CompareSettings(max_time_s=max_time_s, min_rounds=min_rounds)
+        return interleave.epochs_per_round(pool, 2.0, settings)
+
+    assert epochs(160, 5) == 6
+    assert epochs(20) == 3  # rounds of 10 s: 4 s of servers and 3 epochs
+    assert epochs(10) == 1 and epochs(18, 3) == 1
+    assert (
+        interleave.epochs_per_round(
+            SimpleNamespace(forks=False, server_start_s=0.0), 2.0, CompareSettings()
+        )
+        == 1
+    )

@@ -121,13 +121,18 @@ class WorkerPool(Protocol):
     def start_epoch(self, new_round: bool) -> dict[str, Worker]: ...
 
 
-def epochs_per_round(pool: WorkerPool, epoch_s: float) -> int:
-    """A round's epochs: enough that starting its servers takes about SERVER_SHARE of it; one
-    when every epoch is a fresh interpreter anyway."""
+def epochs_per_round(pool: WorkerPool, epoch_s: float, settings: CompareSettings) -> int:
+    """A round's epochs: enough that starting its servers takes about SERVER_SHARE of it, but
+    few enough that the rounds before the first look fit the case's time (a short --max-time
+    gets short rounds, not a limit overrun several times); one when every epoch is a fresh
+    interpreter anyway."""
     if not pool.forks:
         return 1
-    wanted = pool.server_start_s * (1 - SERVER_SHARE) / SERVER_SHARE / max(epoch_s, 1e-9)
-    return max(1, min(MAX_EPOCHS_PER_ROUND, math.ceil(wanted)))
+    epoch_s = max(epoch_s, 1e-9)
+    wanted = math.ceil(pool.server_start_s * (1 - SERVER_SHARE) / SERVER_SHARE / epoch_s)
+    round_s = settings.max_time_s / settings.min_rounds
+    fitting = math.floor((round_s - pool.server_start_s) / epoch_s)
+    return max(1, min(MAX_EPOCHS_PER_ROUND, wanted, fitting))
 
 
 def run_case(
@@ -164,7 +169,9 @@ def run_case(
                 for worker in workers.values():
                     worker.retire()  # the next epoch's start waits for them
             if out.rounds == 1 and in_round == 0:
-                out.epochs_per_round = epochs_per_round(pool, time.monotonic() - epoch_began)
+                out.epochs_per_round = epochs_per_round(
+                    pool, time.monotonic() - epoch_began, settings
+                )
             in_round = (in_round + 1) % out.epochs_per_round
             if in_round:
                 continue
