@@ -166,11 +166,11 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_results(tmp_path):
     out = tmp_path / "sweep"
     args = [
         sys.executable,
-        *"-m b3core.cli sweep --model simple_cnn --batch-sizes 48-63".split(),
+        *"-m b3core.cli sweep --model simple_cnn --batch-sizes 48-55".split(),
         *"--repeats 4 --passes 2 --clock per-step --device cpu --out".split(),
         str(out),
     ]
-    total = 16 * 2
+    total = 8 * 2
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = out / LOG_NAME
     deadline = time.monotonic() + 300
