@@ -25,6 +25,16 @@ def test_files_from_before_formats_are_upgraded_through_their_kind():
     assert formats.upgraded("find-max", old, "f") == {"format": "b3/find-max/1", **old}
 
 
+def test_a_version_1_sweep_keeps_its_welch_alignment_apart():
+    old = {"format": "b3/sweep/1", "results": [], "alignment": [{"diff": 3.0, "p_value": 0.2}]}
+    assert formats.upgraded("sweep", old, "f") == {
+        "format": "b3/sweep/2",
+        "results": [],
+        "alignment": [],
+        "alignment_welch": [{"diff": 3.0, "p_value": 0.2}],
+    }
+
+
 @pytest.mark.parametrize(
     "payload,fragment",
     [

@@ -13,10 +13,36 @@ from collections.abc import Callable, Sequence
 from b3core import __version__
 from b3core.errors import B3Error
 
-from . import advise, compare, converge, info, memory, publish, report, run, scale, step, sweep
+from . import (
+    advise,
+    align,
+    compare,
+    converge,
+    info,
+    memory,
+    publish,
+    report,
+    run,
+    scale,
+    step,
+    sweep,
+)
 from .options import OneLineParser
 
-SUBCOMMANDS = (info, step, run, sweep, scale, converge, memory, advise, compare, report, publish)
+SUBCOMMANDS = (
+    info,
+    step,
+    run,
+    sweep,
+    align,
+    scale,
+    converge,
+    memory,
+    advise,
+    compare,
+    report,
+    publish,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

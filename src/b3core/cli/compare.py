@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
-from pathlib import Path
 
 from b3core.cli.launch import add_launch_options
-from b3core.cli.options import add_fields_as_options, renamed, spec_from_args, write_json
+from b3core.cli.options import (
+    add_fields_as_options,
+    check_writable,
+    renamed,
+    spec_from_args,
+    write_json,
+)
 from b3core.errors import B3Error
 from b3core.spec.case_options import AXES, CaseOptions, narrowed_to
 from b3core.spec.step import PROFILES, StepSpec, Timing
@@ -125,7 +129,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if hasattr(args, name)
         }
     )
-    _check_writable(args)
+    check_writable(args, "json", "plot", "markdown")
     if args.saved:
         return _compare_saved(args, settings)
     from b3core.measuring.machine import machine_record
@@ -207,21 +211,6 @@ def _compare_saved(args: argparse.Namespace, settings) -> int:
         },
     )
     return exit_code(saved.verdict, args.fail_on_inconclusive)
-
-
-def _check_writable(args: argparse.Namespace) -> None:
-    """Output paths fail before the run, not after minutes of measuring."""
-    for option in ("json", "plot", "markdown"):
-        path = getattr(args, option, None)
-        if not path:
-            continue
-        folder = Path(path).resolve().parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise B3Error(f"--{option} {path}: cannot create its folder ({exc.strerror})") from None
-        if not os.access(folder, os.W_OK) or Path(path).is_dir():
-            raise B3Error(f"--{option} {path}: cannot write there")
 
 
 def _write_outputs(args, lines: list[str], title: str, payload, plot=None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,6 +62,21 @@ class _Renamed(argparse.Action):
 def renamed(p: argparse.ArgumentParser, old: str, new: str) -> None:
     """An old spelling, refused in one line that names the new one."""
     p.add_argument(old, action=_Renamed, new=new, dest=argparse.SUPPRESS, default=argparse.SUPPRESS)
+
+
+def check_writable(args: argparse.Namespace, *options: str) -> None:
+    """Output paths fail before the run, not after minutes of measuring."""
+    for option in options:
+        path = getattr(args, option, None)
+        if not path:
+            continue
+        folder = Path(path).resolve().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise B3Error(f"--{option} {path}: cannot create its folder ({exc.strerror})") from None
+        if not os.access(folder, os.W_OK) or Path(path).is_dir():
+            raise B3Error(f"--{option} {path}: cannot write there")
 
 
 def write_json(path: str | Path, kind: str, payload: dict) -> None:

@@ -8,9 +8,10 @@ b3core before 0.4, which had no endpoint) in one place.
 
 Operations (each answers a dict, or a `protocol.Failure`):
 - hello: this side's b3core, interpreter and machine;
-- prepare {spec, warmup, seed}: build and warm the step (a StepSpec's dict);
-- block {calls, steps}: `calls` timed calls of `steps` steps each, seconds per step;
-- release: drop the step and free its memory.
+- prepare {spec, warmup, seed, key}: build and warm the step (a StepSpec's dict), held under
+  `key` (default ""; since version 2 a process holds several, as `b3 align` times them);
+- block {calls, steps, key}: `calls` timed calls of `steps` steps each, seconds per step;
+- release {key}: drop the step (all of them without a key) and free its memory.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 
 from b3core.measuring.protocol import Failure
 
-VERSION = 1
+VERSION = 2
 
 
 class StepEndpoint:
@@ -31,7 +32,7 @@ class StepEndpoint:
     version = VERSION
 
     def __init__(self, world: dict | None = None) -> None:
-        self.ready = None
+        self.steps: dict = {}  # key -> ReadyStep
         self.world = world or {}
 
     def hello(self) -> dict:
@@ -49,48 +50,52 @@ class StepEndpoint:
             **self.world,
         }
 
-    def prepare(self, spec: dict, warmup: int, seed: int) -> dict:
+    def prepare(self, spec: dict, warmup: int, seed: int, key: str = "") -> dict:
         from b3core.measuring.runner import prepare
         from b3core.spec.step import StepSpec
 
-        self.release()
+        self.release(key)
         step = StepSpec.from_dict(spec)
-        self.ready = prepare(step, warmup=warmup, seed=seed)
+        ready = self.steps[key] = prepare(step, warmup=warmup, seed=seed)
         return {
             **self.world,
             "pid": os.getpid(),
             "parent_pid": os.getppid(),
-            "step_s": self.ready.last_warmup_step_s,
-            "warmup": self.ready.warmup.to_dict(),
-            "device": str(self.ready.device),
-            "workload": self.ready.workload.info.to_dict(),
+            "step_s": ready.last_warmup_step_s,
+            "warmup": ready.warmup.to_dict(),
+            "device": str(ready.device),
+            "workload": ready.workload.info.to_dict(),
             **model_source(step.model),
         }
 
-    def block(self, calls: int, steps: int) -> dict:
+    def block(self, calls: int, steps: int, key: str = "") -> dict:
         from b3core.measuring.runner import timed_blocks
 
-        skipped = self.ready.skipped_updates
-        times, rank_times = timed_blocks(self.ready, steps, calls)
+        ready = self.steps[key]
+        skipped = ready.skipped_updates
+        times, rank_times = timed_blocks(ready, steps, calls)
         answer = {
             "times": [t / steps for t in times],
-            "skipped_updates": self.ready.skipped_updates - skipped,
+            "skipped_updates": ready.skipped_updates - skipped,
         }
         if rank_times is not None:
             answer["rank_times"] = [[t / steps for t in rank] for rank in rank_times]
         return answer
 
-    def release(self) -> dict:
-        if self.ready is not None:
+    def release(self, key: str | None = None) -> dict:
+        dropped = [self.steps.pop(k) for k in ([key] if key is not None else list(self.steps))
+                   if k in self.steps]  # fmt: skip
+        if dropped:
             from b3core.measuring.memory import release_memory
 
-            device, self.ready = self.ready.device, None
+            device = dropped[0].device
+            dropped.clear()
             release_memory(device)
         return {}
 
     def handle(self, request: dict) -> tuple[dict, Failure | None]:
         """Run one request: its answer, and the failure it answered (None when it ran). After
-        an out-of-memory failure the step is released, its frames gone."""
+        an out-of-memory failure the steps are released, their frames gone."""
         request = dict(request)
         operation = request.pop("op")
         try:

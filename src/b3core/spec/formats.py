@@ -17,8 +17,9 @@ CURRENT = {
     "memory": 1,
     "advise": 1,
     "compare": 1,
+    "align": 1,
     "scale": 1,
-    "sweep": 1,
+    "sweep": 2,
     "sweep-log": 1,
     "converge": 1,
     "converge-log": 1,
@@ -58,6 +59,16 @@ for _kind in (
     "converge",
 ):
     _UPGRADES[_kind, 0] = dict
+
+
+@upgrade("sweep", 1)
+def _sweep_alignment_was_welch(payload: dict) -> dict:
+    """Version 1's alignment entries were Welch tests over the passes (differences in samples/s
+    and p-values): they stay as they were, apart, and no paired verdict is made up for them."""
+    upgraded = dict(payload)
+    upgraded["alignment_welch"] = upgraded.pop("alignment", [])
+    upgraded["alignment"] = []
+    return upgraded
 
 
 def version_of(payload: dict, kind: str, where: str) -> int:

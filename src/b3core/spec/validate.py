@@ -12,6 +12,15 @@ def parse_number(text: str) -> float:
         raise B3Error(f"value must be a number, got {text!r}") from None
 
 
+def parse_fraction(text: str) -> float:
+    """0.02 or 2%: a fraction strictly between 0 and 1."""
+    text = text.strip()
+    value = parse_number(text.removesuffix("%")) / (100 if text.endswith("%") else 1)
+    if not 0 < value < 1:
+        raise B3Error(f"value must be a fraction between 0 and 1 (or a percentage), got {text!r}")
+    return value
+
+
 def parse_positive_number(text: str, what: str = "number", *, allow_zero: bool = False) -> float:
     """A number above 0 (at or above 0 with allow_zero); `what` names it in the error."""
     value = parse_number(text)

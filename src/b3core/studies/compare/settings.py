@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from b3core.errors import B3Error
-from b3core.spec.step import MIN_WARMUP, Record, option, parse_number
-from b3core.spec.validate import parse_positive_int, parse_positive_number
+from b3core.spec.step import MIN_WARMUP, Record, option
+from b3core.spec.validate import parse_fraction, parse_positive_int, parse_positive_number
 
 REGRESSION, NO_REGRESSION, FASTER, INCONCLUSIVE = (
     "regression",
@@ -54,15 +53,6 @@ WORKER_STARTS = (FORK, EXEC)
 FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
 
 
-def _fraction(text: str) -> float:
-    """0.02 or 2%: a fraction strictly between 0 and 1."""
-    text = text.strip()
-    value = parse_number(text.removesuffix("%")) / (100 if text.endswith("%") else 1)
-    if not 0 < value < 1:
-        raise B3Error(f"value must be a fraction between 0 and 1 (or a percentage), got {text!r}")
-    return value
-
-
 def _seconds(text: str) -> float:
     return parse_positive_number(text, "number of seconds")
 
@@ -85,7 +75,7 @@ class CompareSettings(Record):
         default=DEFAULT_THRESHOLD,
         metadata=option(
             "--threshold",
-            parse=_fraction,
+            parse=parse_fraction,
             help=f"the slowdown that matters, e.g. 0.02 or 2%% (default {DEFAULT_THRESHOLD:g})",
         ),
     )
@@ -93,7 +83,7 @@ class CompareSettings(Record):
         default=DEFAULT_ALPHA,
         metadata=option(
             "--alpha",
-            parse=_fraction,
+            parse=parse_fraction,
             help=f"error rate of a verdict, over all looks (default {DEFAULT_ALPHA:g})",
         ),
     )
