@@ -7,9 +7,9 @@ A throwaway user module holds two MLPs on 32x32 images: `padded` pads its batch 
 multiple of 16 before its layers (so batch 17 costs what 32 costs, and 16 is faster per
 sample), `plain` does not. Each runs `b3 align --around 16` --runs times, alternating, with
 b3's defaults (or --max-time): "16 faster than 17" should be found every time for `padded`,
-and no "faster" or "slower" claim at the 2% margin for `plain`. Then mobilenet_v3_small at 64 px, around 32
-and around 64, once each, with the defaults. One run at a time: two would time each other's
-load. Writes OUT.json (every run) and OUT.md.
+and no "faster" or "slower" claim at the 2% margin for `plain`. Then mobilenet_v3_small at
+64 px, around 32 and around 64, once each, with the defaults. One run at a time: two would
+time each other's load. Writes OUT.json (every run) and OUT.md.
 """
 
 from __future__ import annotations
