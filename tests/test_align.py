@@ -152,6 +152,28 @@ def test_the_neighbours_asked_for():
     assert comparisons_around([64], multiples_of_8=True) == [(64, 63), (64, 65), (64, 56), (64, 72)]
 
 
+def test_a_worker_that_dies_mid_run_loses_no_epoch_already_timed(monkeypatch, tmp_path):
+    from b3core.errors import B3Error
+    from b3core.studies import align
+
+    started = []
+
+    def start():
+        worker = FakeWorker(FakeClock(), EQUAL, np.random.default_rng(len(started)), 0.003)
+        if started:
+            worker.ask = lambda op, **kw: (_ for _ in ()).throw(B3Error("ALIGN's worker died"))
+        started.append(worker)
+        return worker
+
+    monkeypatch.setattr(align, "fresh_worker", start)
+    out = tmp_path / "align.json"
+    argv = ["--model", "simple_cnn", "--around", "16", "--epoch-time", "0.01", "--json", str(out)]
+    proc = b3_here("align", *argv, "--device", "cpu")
+    assert proc.returncode == 2 and "worker died" in proc.stderr
+    record = json.loads(out.read_text())
+    assert record["epochs"] == 1 and {b["size"] for b in record["blocks"]} == {15, 16, 17}
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

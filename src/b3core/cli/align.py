@@ -68,11 +68,11 @@ def cmd_align(args: argparse.Namespace) -> int:
         f"{len(pairs)} comparisons, up to {settings.max_time_s:g} s",
         flush=True,
     )
-    interrupted = False
+    stopped: BaseException | None = None
     try:
         run_align(spec, settings, pairs, fresh_worker, out=out)
-    except KeyboardInterrupt:
-        interrupted = True
+    except (KeyboardInterrupt, B3Error) as exc:  # a dead worker, Ctrl-C: keep what was timed
+        stopped = exc
     if out.epochs:
         print(align_table(out))
     print(closing_sentence(out))
@@ -83,6 +83,6 @@ def cmd_align(args: argparse.Namespace) -> int:
         from b3core.reports.align_report import plot_alignment
 
         plot_alignment(out, args.plot)
-    if interrupted:
-        raise KeyboardInterrupt  # main says "interrupted" and exits 130
+    if stopped is not None:
+        raise stopped  # main says "interrupted" (130) or the error's one line
     return out.exit_code
