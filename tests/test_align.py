@@ -196,7 +196,7 @@ def test_b3_align_end_to_end(tmp_path):
     out = tmp_path / "align.json"
     proc = subprocess.run(
         [sys.executable, "-m", "b3core.cli", "align", "--model", "simple_cnn", "--around", "8",
-         "--image-size", "16", "--device", "cpu", "--max-time", "12", "--epoch-time", "0.3",
+         "--image-size", "8", "--device", "cpu", "--max-time", "8", "--epoch-time", "0.2",
          "--min-epochs", "3", "--json", str(out), "--plot", str(tmp_path / "align.png")],
         capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
