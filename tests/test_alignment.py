@@ -82,8 +82,9 @@ def test_each_interval_is_adjusted_for_the_number_of_comparisons():
     [
         (0.99, 1.01, "equivalent"),
         (1.005, 1.015, "equivalent"),  # significant, but within the margin
-        (1.01, 1.05, "faster"),
+        (1.03, 1.05, "faster"),
         (0.90, 0.97, "slower"),
+        (1.01, 1.05, "inconclusive"),  # a difference, perhaps not one that matters
         (0.97, 1.03, "inconclusive"),
     ],
 )

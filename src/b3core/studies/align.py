@@ -13,8 +13,8 @@ epoch counts (the first at `min_epochs`); each spends a share of alpha / 2m at e
 interval (Bonferroni over the m comparisons and both directions, and alpha spending over the
 looks: compare's LookPlan), so that all the verdicts together are wrong with probability at
 most alpha; a comparison that a look decides keeps the interval that decided it. A decision
-interval inside ±margin is *equivalent* (two one-sided tests at the look's level), one above
-or below a ratio of 1 is *faster* or *slower*; the rest stays *inconclusive*, with the largest
+interval inside ±margin is *equivalent* (two one-sided tests at the look's level), one wholly
+beyond the margin *faster* or *slower*; the rest stays *inconclusive*, with the largest
 difference it could not rule out. It runs until every comparison is decided or the time is up.
 """
 

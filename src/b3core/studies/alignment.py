@@ -5,8 +5,8 @@ in a shuffled order, so each pass's drift cancels in its ratios).
 Each comparison's decision interval is a t interval of the mean log ratio over the passes, at
 95% jointly for all of the sweep's comparisons (Bonferroni: each at 1 - 0.05/m). It decides one
 of four verdicts: *equivalent* when it lies within ±margin (two one-sided tests, conservative),
-else *faster* or *slower* when it excludes a ratio of 1, else *inconclusive*, with the largest
-difference that it could not rule out."""
+*faster* or *slower* when it lies wholly beyond the margin, else *inconclusive*, with the
+largest difference that it could not rule out."""
 
 from __future__ import annotations
 
@@ -27,12 +27,14 @@ METHOD = "paired by pass, t intervals of the log ratio, Bonferroni-adjusted to 9
 
 
 def relative_verdict(low: float, high: float, margin: float) -> str:
-    """The verdict of a ratio's decision interval (low, high) at an equivalence margin."""
+    """The verdict of a ratio's decision interval (low, high) at a margin of what matters:
+    equivalent inside ±margin, faster or slower wholly beyond it, inconclusive otherwise (an
+    interval above 1 that reaches into the margin shows a difference, not one that matters)."""
     if 1 - margin <= low and high <= 1 + margin:
         return "equivalent"
-    if low > 1:
+    if low > 1 + margin:
         return "faster"
-    if high < 1:
+    if high < 1 - margin:
         return "slower"
     return "inconclusive"
 
