@@ -21,6 +21,10 @@ def parse_fraction(text: str) -> float:
     return value
 
 
+def parse_seconds(text: str) -> float:
+    return parse_positive_number(text, "number of seconds")
+
+
 def parse_positive_number(text: str, what: str = "number", *, allow_zero: bool = False) -> float:
     """A number above 0 (at or above 0 with allow_zero); `what` names it in the error."""
     value = parse_number(text)

@@ -34,7 +34,7 @@ from scipy import stats as sps
 
 from b3core.errors import B3Error
 from b3core.spec.step import MIN_WARMUP, Record, StepSpec, option
-from b3core.spec.validate import parse_fraction, parse_positive_int, parse_positive_number
+from b3core.spec.validate import parse_fraction, parse_positive_int, parse_seconds
 from b3core.studies.alignment import DEFAULT_MARGIN, relative_verdict
 from b3core.studies.compare.interleave import block_shape
 from b3core.studies.compare.verdict import LookPlan, hodges_lehmann
@@ -64,7 +64,7 @@ class AlignSettings(Record):
         default=180.0,
         metadata=option(
             "--max-time",
-            parse=lambda text: parse_positive_number(text, "number of seconds"),
+            parse=parse_seconds,
             metavar="SECONDS",
             help="seconds for the whole run, process starts included, before the undecided "
             "comparisons are called inconclusive (default 180)",
@@ -74,7 +74,7 @@ class AlignSettings(Record):
         default=3.0,
         metadata=option(
             "--epoch-time",
-            parse=lambda text: parse_positive_number(text, "number of seconds"),
+            parse=parse_seconds,
             metavar="SECONDS",
             help="seconds of timed blocks per fresh worker process (default 3)",
         ),

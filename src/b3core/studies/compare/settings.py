@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from b3core.spec.step import MIN_WARMUP, Record, option
-from b3core.spec.validate import parse_fraction, parse_positive_int, parse_positive_number
+from b3core.spec.validate import parse_fraction, parse_positive_int, parse_seconds
 
 REGRESSION, NO_REGRESSION, FASTER, INCONCLUSIVE = (
     "regression",
@@ -53,10 +53,6 @@ WORKER_STARTS = (FORK, EXEC)
 FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
 
 
-def _seconds(text: str) -> float:
-    return parse_positive_number(text, "number of seconds")
-
-
 @dataclass(frozen=True)
 class CompareSettings(Record):
     """How a comparison is run and judged; clock and warm-up are Timing's options."""
@@ -65,7 +61,7 @@ class CompareSettings(Record):
         default=DEFAULT_MAX_TIME_S,
         metadata=option(
             "--max-time",
-            parse=_seconds,
+            parse=parse_seconds,
             metavar="SECONDS",
             help="seconds per case, warm-up included, before an undecided case is called "
             f"inconclusive (default {DEFAULT_MAX_TIME_S:g})",
@@ -91,7 +87,7 @@ class CompareSettings(Record):
         default=DEFAULT_EPOCH_S,
         metadata=option(
             "--epoch-time",
-            parse=_seconds,
+            parse=parse_seconds,
             metavar="SECONDS",
             help="seconds of interleaved blocks per pair of worker processes, before both are "
             f"replaced by fresh ones (default {DEFAULT_EPOCH_S:g})",
