@@ -1,5 +1,75 @@
+import fcntl
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 import torch
+
+# The suite runs on two pytest-xdist workers (a module's tests stay on one worker, so its
+# fixtures are built once), and a test runs alone unless it is marked `untimed`: untimed tests
+# may share the CPU with each other, a test whose assertions depend on speed never shares it.
+WORKERS = 2
+# xdist tells a worker's code through the environment that it is one; the processes that tests
+# start (b3, an inner pytest) must not inherit that, or pytest-benchmark disables itself in them
+XDIST_WORKER = os.environ.pop("PYTEST_XDIST_WORKER", None)
+for _name in ("PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+    os.environ.pop(_name, None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """Two workers unless -n was given; `-n 0` or `-p no:xdist` runs in one process."""
+    if XDIST_WORKER or not config.pluginmanager.has_plugin("xdist"):
+        return
+    if config.option.numprocesses is None and config.option.dist == "no":
+        config.option.numprocesses = WORKERS
+        config.option.dist = "loadscope"
+    config.option.testrunuid = config.option.testrunuid or uuid.uuid4().hex
+
+
+def lock_dir(testrunuid: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"b3-tests-{testrunuid}"
+
+
+def pytest_unconfigure(config):
+    if not XDIST_WORKER and getattr(config.option, "testrunuid", None):
+        shutil.rmtree(lock_dir(config.option.testrunuid), ignore_errors=True)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "untimed: asserts nothing that depends on speed, so it may run beside another untimed test",
+    )
+
+
+@contextmanager
+def cpu_turn(lock_dir, alone: bool):
+    """A readers-writer lock over the workers: a test that must run alone waits for the room to
+    empty, and holds the gate while it waits, so that no untimed test slips in ahead of it."""
+    with open(lock_dir / "b3-gate.lock", "a") as gate, open(lock_dir / "b3-room.lock", "a") as room:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        if alone:
+            fcntl.flock(room, fcntl.LOCK_EX)
+        else:
+            fcntl.flock(room, fcntl.LOCK_SH)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        yield  # closing the files releases the locks
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Setup, call and teardown (module fixtures included) inside the test's turn."""
+    if XDIST_WORKER is None:
+        return (yield)
+    shared = lock_dir(item.config.workerinput["testrunuid"])
+    shared.mkdir(exist_ok=True)
+    with cpu_turn(shared, alone=item.get_closest_marker("untimed") is None):
+        return (yield)
 
 
 @pytest.fixture(autouse=True)

@@ -225,6 +225,7 @@ def test_each_side_can_be_a_world_of_data_parallel_ranks(repo, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.untimed
 def test_a_rank_out_of_memory_is_named_and_no_rank_is_left(tmp_path):
     repo = slowed_project(tmp_path / "repo", 0)
     commit_change(
@@ -291,6 +292,7 @@ def test_revisions_outside_a_git_repository(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.untimed
 def test_a_side_without_the_model_is_one_line(repo):
     proc = b3_compare(repo, "HEAD~1", "HEAD", *FAST[2:], "--model", "no_such_net", timeout=90)
     assert "unknown model 'no_such_net'" in one_line_error(proc)
@@ -298,6 +300,7 @@ def test_a_side_without_the_model_is_one_line(repo):
 
 
 @pytest.mark.slow
+@pytest.mark.untimed
 def test_a_side_whose_model_does_not_import(tmp_path):
     repo = slowed_project(tmp_path / "repo", 0)
     commit_change(repo, "import torch\n", "import torch\nimport no_such_module\n", "head: a typo")
@@ -308,6 +311,7 @@ def test_a_side_whose_model_does_not_import(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.untimed
 def test_out_of_memory_on_one_side_is_reported_not_judged(tmp_path):
     repo = slowed_project(tmp_path / "repo", 0)
     commit_change(
@@ -328,6 +332,7 @@ def test_out_of_memory_on_one_side_is_reported_not_judged(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.untimed
 def test_a_dying_worker_ends_both_and_removes_the_worktrees(tmp_path):
     repo = slowed_project(tmp_path / "repo", 0)
     commit_change(

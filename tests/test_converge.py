@@ -19,6 +19,8 @@ from b3core.workloads.ghost_bn import GhostBatchNorm, use_ghost_batch_norm
 from b3core.workloads.training import train_step
 from tests.cli_helpers import b3_here as b3
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 CPU = torch.device("cpu")
 TINY = ["--model", "small_bn_cnn", "--image-size", "8", "--device", "cpu"]
 SIMPLE = ["--model", "simple_cnn", "--image-size", "8", "--device", "cpu"]  # no BatchNorm

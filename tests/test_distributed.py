@@ -16,6 +16,8 @@ from b3core.measuring.result import DistributedInfo
 from b3core.workloads.training import train_step
 from tests.cli_helpers import b3
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 HERE = Path(__file__).parent
 
 

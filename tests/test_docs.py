@@ -13,6 +13,8 @@ import pytest
 
 from b3core.cli import build_parser, main
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Appended to a shown command when it is run again: the same output, in seconds not minutes

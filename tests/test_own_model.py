@@ -23,6 +23,8 @@ from b3core.workloads.build import build_workload, resolve
 from b3core.workloads.models import create_model, get_model_spec, list_models
 from tests.cli_helpers import b3
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 CPU = torch.device("cpu")
 QUICK = Timing(repeats=2, block_steps=1)
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_project"
