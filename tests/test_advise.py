@@ -12,6 +12,8 @@ from b3core.studies.memory_model import fit_memory
 from b3core.studies.sweep import SweepResult
 from b3core.workloads.info import WorkloadInfo
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 
 def sweep_with(
     rates: dict[int, float], batchnorm: bool = False, pass_noise: float | None = None

@@ -15,6 +15,8 @@ from b3core.studies.alignment import (
     verdict,
 )
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 PASSES = 8
 
 

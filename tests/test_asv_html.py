@@ -203,8 +203,9 @@ def test_the_slower_commit_is_on_the_regressions_page_and_in_the_feed(site, serv
 def test_asvs_figures_agree_with_b3_step_in_a_fresh_process(history):
     """asv runs each benchmark in a fresh process (forked from its server here), so its peak
     memory (on CPU, the process's RSS growth over the configuration's build, warm-up and
-    timing) includes what a process pays once: `b3 step`, also a fresh process, must read the same within 25%. (A
-    `find-max-batch` probe, late in a process that already ran other sizes, reads less.) Time
+    timing) includes what a process pays once: `b3 step`, also a fresh process, must read the
+    same within 25%. (A `find-max-batch` probe, late in a process that already ran other
+    sizes, reads less.) Time
     per sample must be the same quantity, within a factor of 3 (a unit or per-step mix-up is
     16x here): processes on this VM differ by 10-25%, and one in CI ran 1.9x slower."""
     repo, shas, env = history

@@ -14,6 +14,8 @@ from b3core.suites.cases import (
 )
 from b3core.workloads.models import get_model_spec, list_models
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 
 def test_b3_profile_is_b3s_experiment():
     profile = get_profile("b3", "cpu")

@@ -10,6 +10,8 @@ from b3core.errors import B3Error
 from b3core.workloads.data import cifar10_splits, make_loader, synthetic_batch, synthetic_splits
 from b3core.workloads.models import ModelInput
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 IMAGES_8 = ModelInput((3, 8, 8))
 
 

@@ -10,6 +10,8 @@ from b3core.spec.run import RunConfig
 from b3core.studies.experiment import run_experiment
 from b3core.workloads.training import Trainer
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 
 def config(batch_size=32, **kw) -> RunConfig:
     step = StepSpec("simple_cnn", batch_size, device="cpu", accumulation_steps=kw.pop("acc", 1))

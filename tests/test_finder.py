@@ -10,6 +10,8 @@ from b3core.measuring.runner import measure
 from b3core.spec import StepSpec, Timing
 from b3core.studies.finder import find_max_batch
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 SPEC = StepSpec("simple_cnn", 1, device="cpu")
 
 

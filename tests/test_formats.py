@@ -11,6 +11,8 @@ from b3core.studies import log_file
 from b3core.studies.converge import read_log as read_converge_log
 from b3core.studies.sweep import read_log as read_sweep_log
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 
 def test_every_kind_is_stamped_with_its_current_format():
     for kind, version in formats.CURRENT.items():

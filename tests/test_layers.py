@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 
 def test_the_import_contracts_hold():
     """spec -> workloads -> measuring -> studies -> reports -> suites -> cli, each importing

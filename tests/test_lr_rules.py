@@ -5,6 +5,8 @@ import pytest
 from b3core.errors import B3Error
 from b3core.studies.lr_rules import accumulation_for, scale_lr, warmup_lr, warmup_steps
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 
 def test_linear_rule_scales_with_the_batch():
     assert scale_lr(0.1, 256, 8192, "linear") == pytest.approx(3.2)  # Goyal et al.'s setting

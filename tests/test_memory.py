@@ -8,6 +8,8 @@ from b3core.measuring.result import PeakMemory
 from b3core.measuring.runner import measure
 from b3core.spec import StepSpec, Timing
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 
 @pytest.mark.parametrize(
     "text,expected",

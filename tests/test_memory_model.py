@@ -3,6 +3,8 @@ import pytest
 from b3core.spec import StepSpec
 from b3core.studies.memory_model import analytic_fixed_memory, fit_memory, prediction_error
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 
 def test_fit_recovers_an_exact_line_and_predicts_the_max():
     sizes = [8, 16, 32, 64]

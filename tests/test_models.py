@@ -10,6 +10,8 @@ from b3core.workloads.models import (
     list_models,
 )
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 REQUIRED = {
     "mobilenet_v3_large",
     "mobilenet_v3_small",

@@ -13,6 +13,8 @@ from b3core.measuring.stats import Measurement
 from b3core.spec import StepSpec
 from b3core.suites.pytest_plugin import extra_info
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 
 def fake_results_file(path, slug, scale=1.0, model="simple_cnn"):
     """A pytest-benchmark JSON file as the b3 plugin writes it (raw times in extra_info)."""

@@ -3,6 +3,8 @@ import pytest
 from b3core.errors import B3Error
 from b3core.spec.sizes import around_powers_of_two, is_power_of_two, parse_batch_sizes
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 
 @pytest.mark.parametrize(
     "text,expected",

@@ -11,6 +11,8 @@ from b3core.workloads.training import make_optimizer, train_step, windows
 
 from .conftest import requires_cuda
 
+pytestmark = pytest.mark.untimed  # nothing here asserts on speed
+
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
