@@ -53,6 +53,11 @@ def test_sweep_merges_passes_and_records_oom_then_goes_on(tmp_path):
     assert set(train) == {4, 8}
     assert all(r.measurement.time.n == 4 for r in train.values())  # 2 passes x 2 repeats
     assert all(r.telemetry["passes"] == 2 for r in train.values())  # each pass's telemetry kept
+    # a size's FLOPs, counted in its first pass only, stay with the merged result
+    _, units = read_log(tmp_path / LOG_NAME)
+    counted = [r["result"]["flops_per_step"] for k, r in units.items() if "result" in r]
+    assert sum(1 for flops in counted if flops) == len(counted) // 2
+    assert train[8].flops_per_step == 2 * train[4].flops_per_step > 0
     assert ("train", 4096) in result.failures and "budget" in result.failures[("train", 4096)]
     _, records = read_log(tmp_path / LOG_NAME)
     oom_units = [k for k, r in records.items() if "oom" in r and k[1] == 4096]

@@ -43,10 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--profile", choices=PROFILES, help="compare every case of a profile")
     add_fields_as_options(p, StepSpec, defaults=dict.fromkeys(PROFILE_AXES))
-    # the workers time blocks of their own shape and sample no telemetry: of Timing's options
-    # compare reads the warm-up and the clock
+    # the workers time blocks of their own shape, and sample no telemetry and count no FLOPs:
+    # of Timing's options compare reads the warm-up and the clock
     add_fields_as_options(
-        p, Timing, skip=("repeats", "block_steps", "telemetry", "discard_throttled")
+        p, Timing, skip=("repeats", "block_steps", "telemetry", "flops", "discard_throttled")
     )
     add_fields_as_options(p, CompareSettings)
     renamed(p, "--min-epochs", "--min-rounds")

@@ -10,6 +10,7 @@ from b3core.cli.options import (
     memory_size,
     positive_int,
     record_args,
+    seq_len_list,
     spec_from_args,
     write_json,
 )
@@ -40,8 +41,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="PATH")
     p.set_defaults(func=cmd_find_max_batch)
 
-    p = sub.add_parser("memory", help="fit the memory model M(B) = fixed + per_sample * B")
+    p = sub.add_parser(
+        "memory",
+        help="fit the memory model M(B) = fixed + per_sample * B, or for a sequence model over "
+        "--seq-lens the surface M(B, L) = a + b·B·L + c·B·L²",
+    )
     p.add_argument("--batch-sizes", "--batch_sizes", type=batch_size_list, default=[8, 16, 32, 64])
+    p.add_argument(
+        "--seq-lens",
+        type=seq_len_list,
+        help="sequence lengths to probe at every batch size (a sequence model): fits the "
+        "memory surface instead of the line",
+    )
     add_fields_as_options(p, StepSpec, skip=NOT_OPTIONS, defaults={"model": "simple_cnn"})
     p.add_argument("--memory-budget", type=memory_size, default=None)
     p.add_argument("--isolate", action="store_true", help="each size in a fresh process")
@@ -54,10 +65,12 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
     from b3core.measuring.machine import machine_record
     from b3core.measuring.memory import check_budget, default_host_budget, device_capacity
     from b3core.studies.finder import find_max_batch
+    from b3core.workloads.build import resolve
     from b3core.workloads.devices import resolve_device
 
     spec = spec_from_args(args, batch_size=args.start, mode="train")
     device = resolve_device(spec.device)
+    tokens = resolve(spec).model_input.tokens_per_sample  # a sequence model's length
     budget = args.memory_budget
     check_budget(device, budget)
     if budget is None and device.type != "cuda":
@@ -97,6 +110,11 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
     else:
         edge = "reached --limit" if result.hit_limit else "exact edge"
         print(f"largest batch that fits: {result.max_batch} ({edge}, {len(result.probes)} probes)")
+        if tokens:
+            print(
+                f"  {result.max_batch} sequences of {tokens} tokens: "
+                f"{result.max_batch * tokens} tokens per micro-batch"
+            )
         print(f"recommended: {result.recommended} (safety margin {args.safety_margin:.0%})")
     fit = result.first_fit
     if fit:
@@ -120,6 +138,8 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
             + (f" (error {error:+.1%} against the edge found)" if error is not None else "")
         )
     payload = result.to_dict()
+    if tokens:
+        payload["seq_len"], payload["max_tokens"] = tokens, result.max_batch * tokens
     if result.parameters:
         from b3core.studies.memory_model import analytic_fixed_memory
 
@@ -138,6 +158,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
     from b3core.studies.finder import fit_memory_model
 
     spec = spec_from_args(args, batch_size=args.batch_sizes[0], mode="train")
+    if args.seq_lens:
+        return memory_surface(args, spec)
     fitted = fit_memory_model(spec, args.batch_sizes, memory_budget=None, isolate=args.isolate)
     if fitted is None:
         raise B3Error("too few batch sizes fitted in memory for a fit; try smaller ones")
@@ -168,4 +190,78 @@ def cmd_memory(args: argparse.Namespace) -> int:
             "machine": machine_record(),
         }
         write_json(args.json, "memory", payload)
+    return 0
+
+
+def memory_surface(args: argparse.Namespace, spec: StepSpec) -> int:
+    from b3core.measuring.machine import machine_record
+    from b3core.studies.memory_surface import TERM_FORMS, measure_memory_surface
+    from b3core.workloads.build import resolve
+
+    if spec.seq_len is not None:
+        raise B3Error("give --seq-len or --seq-lens, not both")
+    resolve(spec.replace(seq_len=max(args.seq_lens)))  # a sequence model, within its context
+    print(
+        f"memory surface of {spec.model}: {len(args.batch_sizes)} batch sizes x "
+        f"{len(args.seq_lens)} lengths",
+        flush=True,
+    )
+
+    def show(batch: int, seq_len: int, peak: int) -> None:
+        print(f"  batch {batch:>5} x length {seq_len:>5}: peak {peak / 2**20:9.1f} MiB", flush=True)
+
+    measured = measure_memory_surface(
+        spec, args.batch_sizes, args.seq_lens, isolate=args.isolate, on_probe=show
+    )
+    surface = measured.surface
+    for batch, seq_len in measured.out_of_memory:
+        print(f"  batch {batch:>5} x length {seq_len:>5}: out of memory (left out of the fit)")
+    print("fit: M(B, L) = a + b·B·L + c·B·L² (least squares; 95% intervals)")
+    units = {
+        "fixed": ("MiB", 2**20),
+        "per_token": ("KiB per token", 2**10),
+        "per_token_pair": ("bytes per token x length", 1),
+    }
+    for term in surface.terms:
+        unit, scale = units[term.name]
+        print(
+            f"  {TERM_FORMS[term.name]:<7} {term.bytes / scale:12.4g} {unit} "
+            f"(95% CI {term.low / scale:.4g} to {term.high / scale:.4g})"
+        )
+    shares = ", ".join(
+        f"B={b} L={length}: {share:+.1%}"
+        for (b, length), share in zip(surface.points, surface.residual_shares())
+    )
+    print(f"  residuals (measured - fitted, share of the peak): {shares}")
+    largest = max(surface.points, key=lambda p: p[0] * p[1] ** 2)
+    if surface.attention_vanishes:
+        print(
+            f"the B·L² term vanishes: its 95% interval includes 0, so no attention matrix kept "
+            f"for the backward pass shows in these peaks (at B={largest[0]}, L={largest[1]} it "
+            f"could hold at most {max(0.0, surface.attention_share(*largest, bound='high')):.1%} "
+            "of the peak)"
+        )
+    else:
+        print(
+            f"the B·L² term is {surface.attention_share(*largest):.1%} of the peak at "
+            f"B={largest[0]}, L={largest[1]} (95% CI "
+            f"{surface.attention_share(*largest, bound='low'):.1%} to "
+            f"{surface.attention_share(*largest, bound='high'):.1%})"
+        )
+    edges = {}
+    if args.memory_budget:
+        for seq_len in args.seq_lens:
+            edges[seq_len] = surface.max_batch_for(args.memory_budget, seq_len)
+            print(
+                f"predicted largest batch within {args.memory_budget / 2**20:.0f} MiB at length "
+                f"{seq_len}: {edges[seq_len]} sequences ({edges[seq_len] * seq_len} tokens)"
+            )
+    if args.json:
+        payload = {
+            "surface": surface.to_dict(),
+            "out_of_memory": [list(p) for p in measured.out_of_memory],
+            "predicted_max_batch": edges,
+            "machine": machine_record(),
+        }
+        write_json(args.json, "memory-surface", payload)
     return 0

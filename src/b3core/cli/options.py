@@ -186,7 +186,15 @@ def _batch_sizes(text: str) -> list[int]:
     return parse_batch_sizes(text)
 
 
+def _seq_lens(text: str) -> list[int]:
+    from b3core.spec.sizes import parse_seq_lens
+
+    return parse_seq_lens(text)
+
+
 memory_size = argument_type(_memory_size, "memory size")
+
+seq_len_list = argument_type(_seq_lens, "sequence lengths")
 
 
 batch_size_list = argument_type(_batch_sizes, "batch sizes")

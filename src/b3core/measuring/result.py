@@ -7,7 +7,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from b3core.measuring.stats import Measurement
+from b3core.measuring.stats import Measurement, Throughput
 from b3core.spec.step import StepSpec
 from b3core.workloads.info import WorkloadInfo
 
@@ -145,6 +145,25 @@ class StepResult:
     distributed: DistributedInfo | None = None  # data parallel: the world and every rank's times
     # the machine's state in the timed region (measuring/telemetry.py); None: not sampled
     telemetry: dict | None = None
+    flops_per_step: int | None = None  # counted by FlopCounterMode (measuring/flops.py)
+
+    @property
+    def flops_per_s(self) -> float | None:
+        """Achieved FLOP/s: the counted FLOPs of a step over its measured time."""
+        if self.flops_per_step is None:
+            return None
+        return self.flops_per_step * self.measurement.iterations_per_second
+
+    @property
+    def rule_of_thumb_flops(self) -> int | None:
+        """A sequence model's 6·N·tokens per training step (2·N·tokens per inference pass),
+        Kaplan et al.'s rule with N all the parameters: it leaves out attention's L² products,
+        which the counted FLOPs hold."""
+        tokens = self.workload.tokens_per_sample if self.workload else None
+        if not tokens:
+            return None
+        per_token = 6 if self.spec.mode == "train" else 2
+        return per_token * self.workload.parameters * tokens * self.spec.samples_per_step
 
     @property
     def contended(self) -> bool:
@@ -174,6 +193,18 @@ class StepResult:
         return notes
 
     @property
+    def token_throughput(self) -> Throughput | None:
+        """A sequence model's rate in tokens (its samples are sequences of L tokens: samples/s
+        times L, with the interval scaled alike); None for other inputs."""
+        tokens = self.workload.tokens_per_sample if self.workload else None
+        return self.measurement.throughput.scaled(tokens) if tokens else None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        rate = self.token_throughput
+        return rate.samples_per_s if rate else None
+
+    @property
     def first_call_s(self) -> float:
         return self.warmup.first_call_s if self.warmup else math.nan
 
@@ -185,6 +216,10 @@ class StepResult:
             "clock": m.clock,
             "skipped_steps": self.skipped_steps,
             "throughput": m.throughput.to_dict(),
+            "tokens_per_s": self.tokens_per_s,
+            "tokens_per_s_ci95": list(self.token_throughput.ci95)
+            if self.token_throughput
+            else None,
             "iterations_per_s": m.iterations_per_second,
             "measurement": m.to_dict(),
             "warnings": self.warnings,
@@ -195,6 +230,9 @@ class StepResult:
             "distributed": self.distributed.to_dict() if self.distributed else None,
             "telemetry": self.telemetry,
             "contended": self.contended,
+            "flops_per_step": self.flops_per_step,
+            "flops_per_s": self.flops_per_s,
+            "rule_of_thumb_flops_per_step": self.rule_of_thumb_flops,
         }
 
     @classmethod
@@ -218,4 +256,5 @@ class StepResult:
             int(d.get("skipped_steps", 0)),
             DistributedInfo.from_dict(d["distributed"]) if d.get("distributed") else None,
             d.get("telemetry"),
+            d.get("flops_per_step"),
         )

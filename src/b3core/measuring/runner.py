@@ -22,6 +22,7 @@ import torch
 from b3core.errors import B3Error, StepOutOfMemory
 from b3core.measuring import distributed
 from b3core.measuring.clocks import block_steps_for, time_block
+from b3core.measuring.flops import count_flops
 from b3core.measuring.machine import device_name
 from b3core.measuring.memory import MemoryBudget, PeakMemoryTracker, release_memory
 from b3core.measuring.protocol import is_out_of_memory
@@ -229,13 +230,17 @@ def measure(
         if rank is not None and spec.mode == "train":
             comm_share = _comm_share(ready, k)
         measured = Measurement(tuple(times), samples, k, timing.clock)
-        return measured, ready.skipped_updates - skipped, rank_times, comm_share, telemetry
+        skipped = ready.skipped_updates - skipped
+        # counted after the clock; a compiled graph hides its operations from the counter
+        flops = count_flops(ready.call, ready.device) if timing.flops and not spec.compile else None
+        return measured, skipped, rank_times, comm_share, telemetry, flops
 
     run = run_guarded(step, timed, warmup=timing.warmup, memory_budget=memory_budget, seed=seed)
-    measured, skipped, rank_times, comm_share, telemetry = run.value
+    measured, skipped, rank_times, comm_share, telemetry, flops = run.value
     rank = distributed.current()
     if rank is None:
-        return dataclasses.replace(run.result(spec, measured, skipped), telemetry=telemetry)
+        result = run.result(spec, measured, skipped)
+        return dataclasses.replace(result, telemetry=telemetry, flops_per_step=flops)
     peaks = tuple(distributed.gather(run.memory.peak_bytes))
     ranks = DistributedInfo(
         rank.world_size,
@@ -249,7 +254,7 @@ def measure(
     result = run.result(spec, measured, skipped, ranks)
     # a data-parallel step fits where its largest rank fits
     memory = dataclasses.replace(run.memory, peak_bytes=max(peaks))
-    return dataclasses.replace(result, memory=memory, telemetry=telemetry)
+    return dataclasses.replace(result, memory=memory, telemetry=telemetry, flops_per_step=flops)
 
 
 def telemetry_sampler(device: torch.device, timing: Timing):

@@ -90,6 +90,16 @@ class Throughput:
     samples: int
     seconds: float
 
+    def scaled(self, units_per_sample: int) -> Throughput:
+        """The same rate counted in smaller units: tokens, for sequences of that many tokens."""
+        k = units_per_sample
+        return Throughput(
+            self.samples_per_s * k,
+            (self.ci95[0] * k, self.ci95[1] * k),
+            self.samples * k,
+            self.seconds,
+        )
+
     def to_dict(self) -> dict:
         return {
             "samples_per_s": self.samples_per_s,

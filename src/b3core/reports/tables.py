@@ -86,6 +86,9 @@ def results_frame(results: Iterable[StepResult], source: str | None = None) -> p
                 "samples_per_s": rate.samples_per_s,
                 "samples_per_s_ci95_low": rate.ci95[0],
                 "samples_per_s_ci95_high": rate.ci95[1],
+                "tokens_per_s": r.tokens_per_s,
+                "flops_per_step": r.flops_per_step,
+                "gflops_per_s": r.flops_per_s / 1e9 if r.flops_per_s else None,
                 "peak_mib": r.memory.peak_bytes / MiB,
                 "memory_source": r.memory.source,
                 "n": m.time.n,
@@ -238,6 +241,26 @@ def describe_clock(m: Measurement) -> str:
     )
 
 
+def flops_lines(r: StepResult) -> list[str]:
+    """The counted FLOPs and the rate they were done at; for a sequence model, 6·N·tokens
+    beside them and the difference (attention's L² products, and what the rule leaves out)."""
+    if r.flops_per_step is None:
+        return []
+    lines = [
+        f"  FLOPs         {r.flops_per_step / 1e9:.4g} GFLOP per step (counted by torch's "
+        f"FlopCounterMode), {r.flops_per_s / 1e9:.4g} GFLOP/s achieved"
+    ]
+    rule = r.rule_of_thumb_flops
+    if rule:
+        n = "6" if r.spec.mode == "train" else "2"
+        lines.append(
+            f"  {n}·N·tokens    {rule / 1e9:.4g} GFLOP per step; counted - rule: "
+            f"{(r.flops_per_step - rule) / 1e9:+.4g} GFLOP ({r.flops_per_step / rule - 1:+.1%}: "
+            "attention's L² products, less what N counts but no token multiplies)"
+        )
+    return lines
+
+
 def describe_step_result(r: StepResult) -> str:
     m = r.measurement
     t, rate = m.time, m.throughput
@@ -251,7 +274,16 @@ def describe_step_result(r: StepResult) -> str:
         f"  samples/s     {with_ci(rate)}  (95% CI; {rate.samples} samples in "
         f"{format_time(rate.seconds)}, {m.samples_per_step} per step)",
         f"  iterations/s  {rate_text(m.iterations_per_second)}",
+        *(
+            [
+                f"  tokens/s      {with_ci(r.token_throughput)}  (95% CI; "
+                f"{r.workload.tokens_per_sample} tokens per sequence, a sample)"
+            ]
+            if r.token_throughput
+            else []
+        ),
         f"  peak memory   {r.memory.peak_bytes / MiB:.0f} MiB ({r.memory.source})",
+        *flops_lines(r),
     ]
     if r.distributed:
         d = r.distributed

@@ -18,6 +18,7 @@ AXES = {
     "batch_sizes": "batch_size",
     "precisions": "precision",
     "accumulation_steps": "accumulation_steps",
+    "seq_lens": "seq_len",
 }
 _INTEGERS = ("rounds", "warmup")
 
@@ -42,6 +43,10 @@ class CaseOptions:
     )
     accumulation_steps: str | None = field(
         default=None, metadata=_help("comma-separated, e.g. 1,2,4")
+    )
+    seq_lens: str | None = field(
+        default=None,
+        metadata=_help("the sequence models' lengths, e.g. 128,512 (default: each model's own)"),
     )
     rounds: int | None = field(
         default=None, metadata=_help(f"timed rounds per case (Timing's: {Timing.repeats})")

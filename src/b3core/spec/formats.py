@@ -15,6 +15,7 @@ CURRENT = {
     "run": 1,
     "find-max": 1,
     "memory": 1,
+    "memory-surface": 1,
     "advise": 1,
     "compare": 1,
     "align": 1,

@@ -9,15 +9,15 @@ from b3core.errors import B3Error
 _RANGE = re.compile(r"^(\d+)-(\d+)(?::(\d+))?$")
 
 
-def parse_batch_sizes(text: str) -> list[int]:
+def parse_batch_sizes(text: str, what: str = "batch size") -> list[int]:
     """'100,127,128' or '1-512' or '8-64:8' (start-stop:step, inclusive), mixed freely.
 
-    Returns the sizes sorted and without duplicates.
+    Returns the sizes sorted and without duplicates. `what` names them in errors.
     """
     sizes: set[int] = set()
     parts = [p.strip() for p in str(text).split(",")]
     if not any(parts):
-        raise B3Error("empty batch-size list")
+        raise B3Error(f"empty {what} list")
     for part in parts:
         if not part:
             continue
@@ -26,20 +26,25 @@ def parse_batch_sizes(text: str) -> list[int]:
             start, stop = int(match.group(1)), int(match.group(2))
             step = int(match.group(3) or 1)
             if start > stop:
-                raise B3Error(f"inverted batch-size range {part!r}: {start} > {stop}")
+                raise B3Error(f"inverted {what} range {part!r}: {start} > {stop}")
             if step < 1:
-                raise B3Error(f"batch-size range step must be positive in {part!r}")
+                raise B3Error(f"{what} range step must be positive in {part!r}")
             sizes.update(range(start, stop + 1, step))
         else:
             try:
                 sizes.add(int(part))
             except ValueError:
                 raise B3Error(
-                    f"cannot read batch size {part!r}; use e.g. 32, 1-512 or 8-64:8"
+                    f"cannot read {what} {part!r}; use e.g. 32, 1-512 or 8-64:8"
                 ) from None
     if min(sizes) < 1:
-        raise B3Error(f"batch sizes must be positive, got {min(sizes)}")
+        raise B3Error(f"{what}s must be positive, got {min(sizes)}")
     return sorted(sizes)
+
+
+def parse_seq_lens(text: str) -> list[int]:
+    """Sequence lengths, written as batch sizes are: '128,256,512' or '64-512:64'."""
+    return parse_batch_sizes(text, what="sequence length")
 
 
 def is_power_of_two(n: int) -> bool:

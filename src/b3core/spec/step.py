@@ -33,6 +33,12 @@ DATASETS = ("synthetic", "cifar10")  # what `b3 run` trains on; nothing is ever 
 MIN_WARMUP = 2  # cuDNN autotuning, allocator growth and Adam's lazily created state
 DEFAULT_LR = 5e-4  # B3's Adam learning rate
 DEFAULT_REPEATS = 10
+# the ways to set one sample's shape: a step takes at most one
+SAMPLE_SHAPES = {
+    "--image-size": "image_size",
+    "--seq-len": "seq_len",
+    "--input-shape": "input_shape",
+}
 
 
 def parse_shape(text: str) -> str:
@@ -116,6 +122,14 @@ class StepSpec(Record):
             "--image-size", parse=parse_positive, help="override the model's input size"
         ),
     )
+    seq_len: int | None = field(
+        default=None,
+        metadata=option(
+            "--seq-len",
+            parse=parse_positive,
+            help="tokens per sequence for a sequence model (default: the model's own)",
+        ),
+    )
     num_classes: int | None = field(
         default=None,
         metadata=option("--num-classes", parse=parse_positive, help="override the model's classes"),
@@ -191,13 +205,14 @@ class StepSpec(Record):
         require_choice("mode", self.mode, MODES)
         require_choice("precision", self.precision, PRECISIONS)
         require_choice("optimizer", self.optimizer, OPTIMIZERS)
-        for name in ("image_size", "num_classes", "vocab_size"):
+        for name in ("image_size", "seq_len", "num_classes", "vocab_size"):
             if getattr(self, name) is not None:
                 require_positive_int(name.replace("_", " "), getattr(self, name))
         if self.input_shape is not None:
             object.__setattr__(self, "input_shape", parse_shape(self.input_shape))
-            if self.image_size is not None:
-                raise B3Error("give --input-shape or --image-size, not both")
+        given = [flag for flag, value in SAMPLE_SHAPES.items() if getattr(self, value) is not None]
+        if len(given) > 1:
+            raise B3Error(f"give only one of {' and '.join(given)}")
         if self.input_dtype is not None:
             require_choice("input dtype", self.input_dtype, INPUT_DTYPES)
         for name in ("loss", "train_step"):
@@ -221,6 +236,8 @@ class StepSpec(Record):
             parts.append(f"acc{self.accumulation_steps}")
         if self.image_size:
             parts.append(f"img{self.image_size}")
+        if self.seq_len:
+            parts.append(f"seq{self.seq_len}")
         if self.input_shape:
             parts.append(f"in{self.input_shape}")
         if self.input_dtype:
@@ -282,6 +299,15 @@ class Timing(Record):
             action="store_false",
             help="do not sample clocks, power, CPU steal and outside load during the timed "
             "region (on by default; see docs/measurement.md)",
+        ),
+    )
+    flops: bool = field(
+        default=True,
+        metadata=option(
+            "--no-flops",
+            action="store_false",
+            help="do not count the step's FLOPs (counted by torch's FlopCounterMode in one "
+            "more step, after the timed ones)",
         ),
     )
     discard_throttled: bool = field(

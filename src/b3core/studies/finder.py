@@ -130,7 +130,7 @@ def training_probe(
     probe: the batch fits only if it fits on every rank, and the peak is the largest rank's."""
     return measure_maybe_isolated(
         spec.replace(batch_size=batch, mode="train"),
-        Timing(repeats=1, warmup=steps, clock="per-step", telemetry=False),
+        Timing(repeats=1, warmup=steps, clock="per-step", telemetry=False, flops=False),
         isolate=isolate,
         memory_budget=memory_budget,
         nproc_per_node=nproc_per_node,

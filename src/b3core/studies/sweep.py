@@ -76,7 +76,9 @@ class SweepPlan:
 
     def timing_in_pass(self, pass_index: int) -> Timing:
         base, extra = divmod(self.timing.repeats, self.passes)
-        return self.timing.replace(repeats=base + (1 if pass_index < extra else 0))
+        repeats = base + (1 if pass_index < extra else 0)
+        # a size's FLOPs are the same in every pass: counted in the first only
+        return self.timing.replace(repeats=repeats, flops=self.timing.flops and pass_index == 0)
 
     def spec_for(self, unit: Unit) -> StepSpec:
         acc = self.base.accumulation_steps if unit.mode == "train" else 1
@@ -250,6 +252,7 @@ def aggregate(records: Iterable[dict]) -> SweepResult:
                 first.workload,
                 sum(r.skipped_steps for r in measured),
                 telemetry=merge_summaries([r.telemetry for r in measured]),
+                flops_per_step=next((r.flops_per_step for r in measured if r.flops_per_step), None),
             )
         )
     return result

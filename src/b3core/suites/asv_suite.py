@@ -59,7 +59,7 @@ class _Step:
     timeout = 1800
 
     def setup(self, model, batch_size, precision):
-        self.step = _ready_step(self.grid.case(model, batch_size, precision, self.mode))
+        self.step = _ready_step(self.grid.case_on_axis(model, batch_size, precision, self.mode))
 
 
 class _TrainStep(_Step):
@@ -86,7 +86,7 @@ class _TrainCost:
     timeout = 1800
 
     def setup(self, model, batch_size, precision):
-        spec = _runnable(self.grid.case(model, batch_size, precision, "train"))
+        spec = _runnable(self.grid.case_on_axis(model, batch_size, precision, "train"))
         try:
             self.result = measure(spec, Timing(repeats=2 * DEFAULT_REPEATS))
         except StepOutOfMemory as oom:
@@ -121,7 +121,7 @@ def step_benchmarks(**case_options) -> tuple[type, type, type]:
     """(TrainStep, Inference, TrainCost) over the cases that the options select, parametrized by
     model, batch size and precision: the same grid as the pytest suite's."""
     grid = case_grid(CaseOptions.from_env(**case_options))
-    params = [list(grid.models), list(grid.batch_sizes), list(grid.precisions)]
+    params = [grid.model_axis(), list(grid.batch_sizes), list(grid.precisions)]
     return tuple(
         type(base.__name__.removeprefix("_"), (base,), {"grid": grid, "params": params})
         for base in (_TrainStep, _Inference, _TrainCost)

@@ -10,7 +10,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from b3core.spec.case_options import CaseOptions
-from b3core.spec.sizes import around_powers_of_two, parse_batch_sizes
+from b3core.spec.sizes import around_powers_of_two, parse_batch_sizes, parse_seq_lens
 from b3core.spec.step import MODES, PRECISIONS, PROFILES, StepSpec, Timing
 from b3core.spec.validate import parse_positive_int, require_choice
 from b3core.workloads.devices import (
@@ -19,6 +19,8 @@ from b3core.workloads.devices import (
     supported_precisions,
 )
 from b3core.workloads.models import get_model_spec, list_models
+
+SEQ_LEN_MARK = "/seq"  # a sequence length on asv's model axis
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Profile:
     precisions: tuple[str, ...]
     accumulation_steps: tuple[int, ...] = (1,)
     image_sizes: dict[str, int] = field(default_factory=dict)
+    seq_lens: tuple[int, ...] = ()  # the sequence models' lengths (none: each model's own)
 
 
 def _fast_precisions(device_type: str) -> tuple[str, ...]:
@@ -63,6 +66,7 @@ def get_profile(name: str, device: str = "auto") -> Profile:
         batch_sizes=tuple(dense),
         precisions=PRECISIONS,
         accumulation_steps=(1, 2, 4),
+        seq_lens=(128, 256, 512),
     )
 
 
@@ -81,12 +85,17 @@ def benchmark_cases(
     grid = case_grid(options, resolve_models=resolve_models)
     modes = [mode] if mode else list(MODES)
     cases = []
-    for model, precision, acc, size, case_mode in itertools.product(
-        grid.models, grid.precisions, grid.accumulation_steps, grid.batch_sizes, modes
-    ):
-        if case_mode == "inference" and acc != grid.accumulation_steps[0]:
-            continue  # accumulation does not apply to inference: one case is enough
-        cases.append(grid.case(model, size, precision, case_mode, acc))
+    for model in grid.models:
+        for precision, acc, seq_len, size, case_mode in itertools.product(
+            grid.precisions,
+            grid.accumulation_steps,
+            grid.lengths_of(model, resolve_models),
+            grid.batch_sizes,
+            modes,
+        ):
+            if case_mode == "inference" and acc != grid.accumulation_steps[0]:
+                continue  # accumulation does not apply to inference: one case is enough
+            cases.append(grid.case(model, size, precision, case_mode, acc, seq_len))
     return cases
 
 
@@ -100,6 +109,30 @@ class CaseGrid:
     batch_sizes: tuple[int, ...]
     precisions: tuple[str, ...]
     accumulation_steps: tuple[int, ...]
+    seq_lens: tuple[int, ...] = ()
+
+    def lengths_of(self, model: str, resolve_models: bool = True) -> tuple[int | None, ...]:
+        """The lengths a model is timed at: the grid's for a sequence model (for any model when
+        models are left unresolved: the user named the lengths), else its own input."""
+        if not self.seq_lens or (resolve_models and not get_model_spec(model).takes_tokens):
+            return (None,)
+        return self.seq_lens
+
+    def model_axis(self) -> list[str]:
+        """asv's model parameter: each model, and a sequence model once per length of the grid
+        ("gpt_small/seq128", the length as the step's label writes it), so that asv's three
+        parameters stay as they were for every other model."""
+        return [
+            model if seq_len is None else f"{model}{SEQ_LEN_MARK}{seq_len}"
+            for model in self.models
+            for seq_len in self.lengths_of(model)
+        ]
+
+    def case_on_axis(self, axis_value: str, batch_size: int, precision: str, mode: str) -> StepSpec:
+        model, mark, length = axis_value.rpartition(SEQ_LEN_MARK)
+        if mark and length.isdigit():
+            return self.case(model, batch_size, precision, mode, seq_len=int(length))
+        return self.case(axis_value, batch_size, precision, mode)
 
     def case(
         self,
@@ -108,6 +141,7 @@ class CaseGrid:
         precision: str,
         mode: str = "train",
         accumulation_steps: int = 1,
+        seq_len: int | None = None,
     ) -> StepSpec:
         return StepSpec(
             model=model,
@@ -116,6 +150,7 @@ class CaseGrid:
             accumulation_steps=accumulation_steps if mode == "train" else 1,
             mode=mode,
             image_size=self.profile.image_sizes.get(model),
+            seq_len=seq_len,
             device=self.device,
         )
 
@@ -133,6 +168,7 @@ def case_grid(options: CaseOptions, *, resolve_models: bool = True) -> CaseGrid:
         parse_positive_int("accumulation steps", a)
         for a in _split(options.accumulation_steps) or profile.accumulation_steps
     ]
+    seq_lens = parse_seq_lens(options.seq_lens) if options.seq_lens else profile.seq_lens
     return CaseGrid(
         profile,
         str(resolve_device(options.device)),
@@ -140,6 +176,7 @@ def case_grid(options: CaseOptions, *, resolve_models: bool = True) -> CaseGrid:
         tuple(sizes),
         tuple(precisions),
         tuple(accumulation),
+        tuple(seq_lens),
     )
 
 

@@ -25,7 +25,7 @@ from b3core.workloads.models import (
     step_model,
 )
 from b3core.workloads.precision import autocast_factory, configure_math_mode, make_grad_scaler
-from b3core.workloads.training import Trainer, make_optimizer
+from b3core.workloads.training import LOSSES, Trainer, make_optimizer
 from b3core.workloads.user_step import bind_custom_step, load_loss
 
 
@@ -78,8 +78,7 @@ def prepare_training(step: ResolvedStep, seed: int = 0) -> Trainer:
         memory_format=memory_format,
         no_sync=getattr(model, "no_sync", None),
     )
-    if spec.loss:
-        trainer.loss_fn = load_loss(spec.loss)
+    trainer.loss_fn = load_loss(spec.loss) if spec.loss else LOSSES[step.model_input.task]
     if spec.train_step:
         bind_custom_step(trainer, spec)
     return trainer
@@ -110,6 +109,7 @@ def build_workload(step: ResolvedStep, seed: int = 0) -> Workload:
         num_classes=model_input.num_classes,
         batch_dependent_layers=has_batch_dependent_layers(trainer.model),
         input_dtype=model_input.dtype,
+        task=model_input.task,
         origin=model.origin,
         package=model.package,
         version=model.version,

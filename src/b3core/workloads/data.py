@@ -20,6 +20,7 @@ from torch.utils.data import (
 )
 
 from b3core.errors import B3Error
+from b3core.workloads.info import CAUSAL_LM
 from b3core.workloads.models import ModelInput
 
 # B3's split: CIFAR-10's 50,000 training images as 45,000 train / 5,000 validation, plus test.
@@ -39,13 +40,12 @@ class SyntheticSamples(Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         if not 0 <= index < self.size:
             raise IndexError(index)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        sample = synthetic_inputs(1, self.model_input, g)[0]
-        label = int(torch.randint(self.model_input.num_classes, (1,), generator=g))
-        return sample, label
+        inputs, targets = synthetic_examples(1, self.model_input, g)
+        return inputs[0], targets[0] if targets.dim() > 1 else int(targets[0])
 
 
 @dataclass(frozen=True)
@@ -198,14 +198,22 @@ def make_loader(
     )
 
 
-def synthetic_inputs(
+def synthetic_examples(
     batch_size: int, model_input: ModelInput, generator: torch.Generator
-) -> torch.Tensor:
-    """Random inputs of the model's shape: floats in [0, 1), or token ids below the vocabulary."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random inputs of the model's shape (floats in [0, 1), or token ids below the vocabulary)
+    and their targets: a class per sample, or for a causal language model the next token at
+    every position, the ids shifted by one."""
+    if model_input.task == CAUSAL_LM:
+        length = model_input.shape[0]
+        ids = torch.randint(model_input.vocab_size, (batch_size, length + 1), generator=generator)
+        return ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
     shape = (batch_size, *model_input.shape)
     if model_input.dtype == "int64":
-        return torch.randint(model_input.vocab_size, shape, generator=generator)
-    return torch.rand(shape, generator=generator)
+        inputs = torch.randint(model_input.vocab_size, shape, generator=generator)
+    else:
+        inputs = torch.rand(shape, generator=generator)
+    return inputs, torch.randint(model_input.num_classes, (batch_size,), generator=generator)
 
 
 def synthetic_batch(
@@ -217,10 +225,10 @@ def synthetic_batch(
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One fixed batch already on the device, so that step timings contain no data loading."""
-    g = torch.Generator().manual_seed(seed)
-    inputs = synthetic_inputs(batch_size, model_input, g)
-    labels = torch.randint(model_input.num_classes, (batch_size,), generator=g)
+    inputs, targets = synthetic_examples(
+        batch_size, model_input, torch.Generator().manual_seed(seed)
+    )
     inputs = inputs.to(device)
     if channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-    return inputs, labels.to(device)
+    return inputs, targets.to(device)

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+CLASSIFICATION, CAUSAL_LM = "classification", "causal-lm"
+# what the targets are: a class per sample, or the next token at every position of a sequence
+TASKS = (CLASSIFICATION, CAUSAL_LM)
+
+
+def tokens_per_sample(shape: tuple[int, ...], dtype: str) -> int | None:
+    """A sequence of token ids is a sample of this many tokens; other inputs have none."""
+    return shape[0] if dtype == "int64" and len(shape) == 1 else None
+
 
 @dataclass(frozen=True)
 class WorkloadInfo:
@@ -14,6 +23,7 @@ class WorkloadInfo:
     num_classes: int
     batch_dependent_layers: bool  # BatchNorm: accumulation is then not a true large batch
     input_dtype: str = "float32"
+    task: str = CLASSIFICATION
     # the model's identity: where it came from, and the version of the package that provides it
     origin: str = "built-in"  # built-in, entry point, import path or timm
     package: str | None = None
@@ -30,10 +40,15 @@ class WorkloadInfo:
             int(d["num_classes"]),
             bool(d["batch_dependent_layers"]),
             d.get("input_dtype", "float32"),
+            d.get("task", CLASSIFICATION),  # b3 before 0.5 timed classifiers only
             d.get("origin", "built-in"),  # b3 0.2's results knew only built-in models
             d.get("package"),
             d.get("version"),
         )
+
+    @property
+    def tokens_per_sample(self) -> int | None:
+        return tokens_per_sample(self.input_shape, self.input_dtype)
 
     @property
     def identity(self) -> str:

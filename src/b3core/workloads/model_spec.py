@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from b3core.errors import B3Error
+from b3core.workloads.info import CLASSIFICATION, tokens_per_sample
 from b3core.workloads.user_code import TRACEBACK_HINT, call_with_declared, first_line
 
 DEFAULT_INPUT_SHAPE = (3, 224, 224)
@@ -17,17 +18,22 @@ DEFAULT_NUM_CLASSES = 10
 
 @dataclass(frozen=True)
 class ModelInput:
-    """What one step feeds the model: a sample's shape and dtype, and the class count of its
-    targets (integer class ids, one per sample)."""
+    """What one step feeds the model: a sample's shape and dtype, and its targets (a class id
+    per sample, or for a causal language model the next token at every position)."""
 
     shape: tuple[int, ...]
     dtype: str = "float32"
     num_classes: int = DEFAULT_NUM_CLASSES
     vocab_size: int | None = None  # token ids lie in [0, vocab_size) when dtype is int64
+    task: str = CLASSIFICATION
 
     @property
     def is_image(self) -> bool:
         return len(self.shape) == 3 and self.dtype == "float32"
+
+    @property
+    def tokens_per_sample(self) -> int | None:
+        return tokens_per_sample(self.shape, self.dtype)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,8 @@ class ModelSpec:
     num_classes: int = DEFAULT_NUM_CLASSES
     input_dtype: str = "float32"
     vocab_size: int | None = None
+    task: str = CLASSIFICATION
+    context_size: int | None = None  # the longest sequence a sequence model takes
     min_image_size: int = 1
     image_size_multiple: int = 1
     resizable: bool = True
@@ -56,7 +64,8 @@ class ModelSpec:
     def check_image_size(self, image_size: int) -> int:
         if self.image_size is None:
             shape = "x".join(map(str, self.input_shape))
-            raise B3Error(f"model {self.name} takes {shape} input, not images: use --input-shape")
+            use = "--seq-len" if self.takes_tokens else "--input-shape"
+            raise B3Error(f"model {self.name} takes {shape} input, not images: use {use}")
         if image_size == self.image_size:
             return image_size
         if not self.resizable:
@@ -68,10 +77,29 @@ class ModelSpec:
             raise B3Error(f"model {self.name} needs an image size {rule}, got {image_size}")
         return image_size
 
+    @property
+    def takes_tokens(self) -> bool:
+        return tokens_per_sample(self.input_shape, self.input_dtype) is not None
+
+    def check_seq_len(self, seq_len: int, input_dtype: str | None) -> int:
+        if not (self.takes_tokens or input_dtype == "int64"):
+            shape = "x".join(map(str, self.input_shape))
+            raise B3Error(
+                f"model {self.name} takes {shape} {self.input_dtype} input, not token sequences: "
+                "--seq-len needs a sequence model (see `b3 models`)"
+            )
+        if self.context_size is not None and seq_len > self.context_size:
+            raise B3Error(
+                f"--seq-len {seq_len} is longer than model {self.name}'s context of "
+                f"{self.context_size} tokens"
+            )
+        return seq_len
+
     def resolve_input(
         self,
         *,
         image_size: int | None = None,
+        seq_len: int | None = None,
         input_shape: tuple[int, ...] | None = None,
         input_dtype: str | None = None,
         vocab_size: int | None = None,
@@ -83,6 +111,8 @@ class ModelSpec:
         elif image_size is not None:
             size = self.check_image_size(image_size)
             shape = (self.input_shape[0], size, size)
+        elif seq_len is not None:
+            shape = (self.check_seq_len(seq_len, input_dtype),)
         else:
             shape = self.input_shape
         dtype = input_dtype or self.input_dtype
@@ -92,7 +122,7 @@ class ModelSpec:
         classes = self.num_classes if num_classes is None else num_classes
         if classes < 1:
             raise B3Error(f"num_classes must be at least 1, got {classes}")
-        return ModelInput(shape, dtype, classes, vocab if dtype == "int64" else None)
+        return ModelInput(shape, dtype, classes, vocab if dtype == "int64" else None, self.task)
 
     def build(self, model_input: ModelInput) -> nn.Module:
         """The model for this input, randomly initialised; the factory gets the keyword
@@ -102,6 +132,7 @@ class ModelSpec:
             "image_size": model_input.shape[-1] if len(model_input.shape) == 3 else None,
             "input_shape": model_input.shape,
             "vocab_size": model_input.vocab_size,
+            "context_size": self.context_size,
         }
         # a **kwargs factory (torchvision's, timm's) gets num_classes only: its kwargs go on to
         # the model's constructor, which knows nothing of image sizes
@@ -122,7 +153,18 @@ class ModelSpec:
             raise B3Error(
                 f"model {self.name} returned a {type(model).__name__}, not a torch.nn.Module"
             )
+        check_vocabulary(self.name, model, model_input.vocab_size)
         return model
+
+
+def check_vocabulary(name: str, model: nn.Module, vocab_size: int | None) -> None:
+    """Token ids drawn below vocab_size must index the model's token embedding (its first)."""
+    embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    if vocab_size is not None and embedding is not None and embedding.num_embeddings < vocab_size:
+        raise B3Error(
+            f"vocabulary mismatch: model {name}'s token embedding has {embedding.num_embeddings} "
+            f"entries, fewer than the {vocab_size} token ids it would be fed (--vocab-size)"
+        )
 
 
 def first_doc_line(obj: object) -> str:

@@ -17,6 +17,7 @@ from torch import nn
 from b3core.errors import B3Error
 from b3core.spec.step import StepSpec, shape_dims
 from b3core.workloads import model_sources
+from b3core.workloads.info import CAUSAL_LM, CLASSIFICATION
 from b3core.workloads.model_spec import (  # noqa: F401 - the models' public names
     DEFAULT_INPUT_SHAPE,
     DEFAULT_NUM_CLASSES,
@@ -24,6 +25,7 @@ from b3core.workloads.model_spec import (  # noqa: F401 - the models' public nam
     ModelSpec,
     first_doc_line,
 )
+from b3core.workloads.transformer import CausalLM, EncoderClassifier
 from b3core.workloads.user_code import is_import_path
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -48,6 +50,36 @@ def register_model(
             min_image_size=min_image_size,
             image_size_multiple=image_size_multiple,
             resizable=resizable,
+            description=first_doc_line(builder),
+        )
+        return builder
+
+    return decorate
+
+
+def register_sequence_model(
+    *,
+    task: str,
+    seq_len: int,
+    context_size: int,
+    vocab_size: int,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+):
+    """Register a built-in builder of a model over token ids, `fn(vocab_size, context_size,
+    num_classes) -> nn.Module`, that takes sequences of `seq_len` tokens unless told otherwise
+    (up to `context_size`)."""
+
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[builder.__name__] = ModelSpec(
+            name=builder.__name__,
+            builder=builder,
+            input_shape=(seq_len,),
+            num_classes=num_classes,
+            input_dtype="int64",
+            vocab_size=vocab_size,
+            task=task,
+            context_size=context_size,
+            resizable=False,
             description=first_doc_line(builder),
         )
         return builder
@@ -97,6 +129,7 @@ def step_model(spec: StepSpec) -> tuple[ModelSpec, ModelInput]:
     model = get_model_spec(spec.model)
     model_input = model.resolve_input(
         image_size=spec.image_size,
+        seq_len=spec.seq_len,
         input_shape=shape_dims(spec.input_shape) if spec.input_shape else None,
         input_dtype=spec.input_dtype,
         vocab_size=spec.vocab_size,
@@ -218,6 +251,29 @@ def tanh_cnn(num_classes: int, image_size: int) -> nn.Module:
         nn.Linear(512, 128),
         nn.Tanh(),
         nn.Linear(128, num_classes),
+    )
+
+
+# --- sequence models: b3's own transformer (workloads/transformer.py) -------------------------
+
+
+@register_sequence_model(task=CAUSAL_LM, seq_len=128, context_size=1024, vocab_size=8192)
+def gpt_small(vocab_size: int, context_size: int) -> nn.Module:
+    """A GPT-style causal language model (4 layers, width 128, 4 heads; next-token loss)."""
+    return CausalLM(vocab_size=vocab_size, context_size=context_size, width=128, depth=4, heads=4)
+
+
+@register_sequence_model(task=CAUSAL_LM, seq_len=256, context_size=2048, vocab_size=16384)
+def gpt_medium(vocab_size: int, context_size: int) -> nn.Module:
+    """A GPT-style causal language model (6 layers, width 256, 8 heads; next-token loss)."""
+    return CausalLM(vocab_size=vocab_size, context_size=context_size, width=256, depth=6, heads=8)
+
+
+@register_sequence_model(task=CLASSIFICATION, seq_len=128, context_size=512, vocab_size=8192)
+def bert_small(vocab_size: int, context_size: int, num_classes: int) -> nn.Module:
+    """A BERT-style encoder classifier (4 layers, width 128, 4 heads; mean-pooled features)."""
+    return EncoderClassifier(
+        num_classes, vocab_size=vocab_size, context_size=context_size, width=128, depth=4, heads=4
     )
 
 

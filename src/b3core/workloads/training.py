@@ -17,10 +17,23 @@ from torch import nn
 
 from b3core.spec.step import OPTIMIZERS
 from b3core.spec.validate import require_choice
+from b3core.workloads.info import CAUSAL_LM, CLASSIFICATION
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 T = TypeVar("T")
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """A causal language model's loss: cross-entropy of (B, L, vocab) logits against the next
+    token at each of the B·L positions, averaged over them."""
+    return nn.functional.cross_entropy(logits.flatten(0, -2), targets.flatten())
+
+
+LOSSES: dict[str, LossFn] = {
+    CLASSIFICATION: nn.functional.cross_entropy,
+    CAUSAL_LM: next_token_loss,
+}
 
 
 def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
