@@ -202,13 +202,7 @@ class ExecWorker(Worker):
         return True
 
     def kill(self) -> None:
-        """Kill the worker's whole process group (it leads its own session)."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
+        kill_process_group(self.proc)
         if not self.requests.closed:
             try:  # a rank left behind reads the end of its requests, and exits
                 self.requests.close()
@@ -321,12 +315,7 @@ class Zygote:
         return ForkedWorker(self.side, answer["pid"], ours, self.stderr)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
+        kill_process_group(self.proc)
 
     def close(self, grace: float = EXIT_GRACE_S) -> None:
         """End the server and every worker it forked."""
@@ -344,6 +333,16 @@ class Zygote:
         self.kill()  # the server and any child still in its group
         self.control.close()
         self.stderr.close()
+
+
+def kill_process_group(proc: subprocess.Popen) -> None:
+    """Kill a process that leads its own session, and every process in its group."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 def close_all(workers: Iterable[Worker | Zygote], grace: float = EXIT_GRACE_S) -> None:
