@@ -252,7 +252,7 @@ def test_a_study_resumes_and_adds_seeds(tmp_path):
     ("args", "fragment"),
     [
         (["--batch-sizes", "16", "--target-accuracy", "1.5"], "fraction in (0, 1]"),
-        (["--batch-sizes", ""], "empty batch-size list"),
+        (["--batch-sizes", ""], "empty batch size list"),
         (
             ["--batch-sizes", "16", "--dataset", "cifar10", "--data-dir", "/no/such"],
             "does not exist",

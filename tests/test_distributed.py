@@ -251,14 +251,15 @@ def test_a_spec_survives_its_own_command_line():
     from b3core.cli.options import fields_as_argv, spec_from_args, timing_from_args
     from b3core.spec.step import StepSpec, Timing
 
-    spec = StepSpec(
-        "resnet18", 4, "bf16", 3, "inference", 64, 7, "sgd", 0.1, True, True, False, "cpu",
-        input_dtype="int64", vocab_size=9, loss="m:f",
+    images = StepSpec(
+        "resnet18", 4, "bf16", 3, "inference", 64, None, 7, "sgd", 0.1, True, True, False,
+        "cpu", input_dtype="int64", vocab_size=9, loss="m:f",
     )  # fmt: skip
-    timing = Timing(3, 4, "per-step")
-    argv = ["step", *fields_as_argv(spec), *fields_as_argv(timing)]
-    args = build_parser().parse_args(argv)
-    assert spec_from_args(args) == spec and timing_from_args(args) == timing
+    sequences = StepSpec("gpt_small", 2, seq_len=64, device="cpu")
+    for spec, timing in ((images, Timing(3, 4, "per-step")), (sequences, Timing(flops=False))):
+        argv = ["step", *fields_as_argv(spec), *fields_as_argv(timing)]
+        args = build_parser().parse_args(argv)
+        assert spec_from_args(args) == spec and timing_from_args(args) == timing
 
 
 @pytest.mark.slow

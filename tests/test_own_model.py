@@ -145,7 +145,8 @@ def test_a_custom_step_replaces_b3s_and_b3_still_warms_and_times_it(nets, monkey
     monkeypatch.setattr(training, "train_step", lambda *a, **k: pytest.fail("b3's step ran"))
     result = measure(StepSpec(f"{nets}:mlp", 5, device="cpu", train_step=f"{nets}:my_step"), QUICK)
     steps = sys.modules[nets].STEPS
-    assert len(steps) == result.warmup.steps + result.measurement.steps and set(steps) == {5}
+    # the warm-up, the timed steps, and one more in which the FLOPs are counted
+    assert len(steps) == result.warmup.steps + result.measurement.steps + 1 and set(steps) == {5}
     assert result.warmup.settled and result.skipped_steps == 0
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from b3core.measuring.runner import measure
+from b3core.reports.tables import rate_text, step_rows
 from b3core.spec.step import StepSpec, Timing
 from b3core.studies.memory_surface import fit_memory_surface
 from b3core.workloads.build import build_workload, resolve
@@ -67,8 +68,11 @@ def test_tokens_per_second_is_the_length_times_sequences_per_second(tmp_path):
     assert "tokens/s" in done.stdout
     saved = json.loads(out.read_text())["result"]
     assert saved["tokens_per_s"] == 24 * saved["throughput"]["samples_per_s"]
-    # an image model has no tokens
-    assert measure(StepSpec(model="simple_cnn", batch_size=2), QUICK).tokens_per_s is None
+    # an image model has no tokens; a table of both gives tokens/s to the sequence model only
+    image = measure(StepSpec(model="simple_cnn", batch_size=2), QUICK)
+    assert image.tokens_per_s is None
+    table = step_rows([result, image]).set_index("model")["tokens/s (95% CI)"]
+    assert table[LM].startswith(rate_text(result.tokens_per_s)) and table["simple_cnn"] == ""
 
 
 def test_b3_models_describes_the_causal_language_model():
@@ -172,6 +176,24 @@ def test_b3_memory_over_lengths_prints_the_surface_with_its_b_l2_term(tmp_path):
     assert len(saved["surface"]["points"]) == 4
 
 
+def test_find_max_batch_finds_the_exact_edge_in_sequences_and_tokens_at_each_length(tmp_path):
+    out = tmp_path / "edge.json"
+    done = b3_here(
+        "find-max-batch", "--model", LM, "--vocab-size", "256", "--seq-lens", "8,16",
+        "--memory-budget", "24M", "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    curve = json.loads(out.read_text())["curve"]
+    assert [edge["seq_len"] for edge in curve] == [8, 16]
+    for edge in curve:
+        assert edge["max_tokens"] == edge["max_batch"] * edge["seq_len"] > 0
+        fits = {p["batch_size"] for p in edge["probes"] if p["fits"]}
+        misses = {p["batch_size"] for p in edge["probes"] if not p["fits"]}
+        assert edge["max_batch"] in fits and edge["max_batch"] + 1 in misses  # one more does not
+    assert curve[0]["max_batch"] > curve[1]["max_batch"]
+    assert "the edge over sequence length" in done.stdout
+
+
 # --- the benchmark suites' length axis ---------------------------------------------------------
 
 
@@ -189,3 +211,23 @@ def test_the_suites_time_a_sequence_model_at_each_length_and_an_image_model_once
     # the full profile is the profile case: its language models at three lengths each
     full = benchmark_cases(CaseOptions(profile="full", models=LM, **narrow), mode="train")
     assert [c.seq_len for c in full] == list(get_profile("full").seq_lens) == [128, 256, 512]
+
+
+# --- hf/TYPE: transformers' models from their configurations -----------------------------------
+
+
+def test_hf_gpt2_is_built_from_its_configuration_with_random_weights():
+    pytest.importorskip("transformers")
+    spec = StepSpec(model="hf/gpt2", batch_size=2, seq_len=16, vocab_size=1000, mode="inference")
+    step = resolve(spec)
+    assert step.model.task == "causal-lm" and step.model.context_size == 1024
+    workload = build_workload(step)
+    assert workload.info.origin == "transformers" and workload.info.tokens_per_sample == 16
+    assert workload.call().shape == (2, 16, 1000)  # token ids in, next-token logits out
+    assert resolve(StepSpec(model="hf/bert", batch_size=2)).model.task == "classification"
+
+
+def test_an_hf_name_that_would_need_the_network_is_one_line():
+    pytest.importorskip("transformers")
+    done = b3_here("step", "--model", "hf/bert-base-uncased", "--batch-size", "2")
+    assert done.returncode == 2 and "network" in done.stderr and "Traceback" not in done.stderr

@@ -140,12 +140,14 @@ def read_find_max(path: str, swept: dict) -> int:
     try:
         where = f"find-max-batch file {path!r}"
         data = upgraded("find-max", json.loads(Path(path).read_text()), where)
+        if "curve" in data:
+            raise B3Error(f"{where} holds an edge per sequence length: give one for the sweep's")
         max_batch, spec = int(data["max_batch"]), dict(data["spec"])
     except FileNotFoundError:
         raise B3Error(f"find-max-batch file {path!r} does not exist") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise B3Error(f"find-max-batch file {path!r} is corrupt ({exc!r})") from None
-    keys = ("model", "precision", "image_size", "optimizer", "channels_last", "device")
+    keys = ("model", "precision", "image_size", "seq_len", "optimizer", "channels_last", "device")
     differ = [k for k in keys if spec.get(k) != swept.get(k)]
     if differ:
         found = ", ".join(f"{k} {spec.get(k)!r} vs {swept.get(k)!r}" for k in differ)

@@ -58,7 +58,10 @@ def cmd_models(args: argparse.Namespace) -> int:
             }
         )
     print(pd.DataFrame(rows).to_markdown(index=False))
-    print("Also: package.module:function (your own factory) and timm/NAME (`b3 models --timm`).")
+    print(
+        "Also: package.module:function (your own factory), timm/NAME (`b3 models --timm`) and "
+        "hf/TYPE (a transformers model type, e.g. hf/gpt2)."
+    )
     return 0
 
 

@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_fields_as_options(p, FinderSettings)
     p.add_argument(
+        "--seq-lens",
+        type=seq_len_list,
+        help="find the edge at each of these lengths (a sequence model): a curve of L",
+    )
+    p.add_argument(
         "--nproc-per-node",
         type=positive_int,
         help="probe data-parallel (DDP through torchrun): each probe a fresh world of this many "
@@ -63,22 +68,46 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_find_max_batch(args: argparse.Namespace) -> int:
     from b3core.errors import StepOutOfMemory
     from b3core.measuring.machine import machine_record
-    from b3core.measuring.memory import check_budget, default_host_budget, device_capacity
-    from b3core.studies.finder import find_max_batch
+    from b3core.measuring.memory import check_budget, default_host_budget
     from b3core.workloads.build import resolve
     from b3core.workloads.devices import resolve_device
 
     spec = spec_from_args(args, batch_size=args.start, mode="train")
+    if args.seq_lens and spec.seq_len is not None:
+        raise B3Error("give --seq-len or --seq-lens, not both")
+    specs = [spec.replace(seq_len=length) for length in args.seq_lens or [spec.seq_len]]
+    for each in specs:
+        resolve(each)  # every length within the model's context, before any probe
     device = resolve_device(spec.device)
-    tokens = resolve(spec).model_input.tokens_per_sample  # a sequence model's length
     budget = args.memory_budget
     check_budget(device, budget)
     if budget is None and device.type != "cuda":
         budget = default_host_budget()
         print(f"no --memory-budget: using a quarter of available memory, {budget / 2**20:.0f} MiB")
+    edges = [find_edge(each, args, device, budget) for each in specs]
+    if len(edges) > 1:
+        print("the edge over sequence length:")
+        for edge in edges:
+            print(f"  L = {edge['seq_len']:>6}: {edge['max_batch']:>6} sequences, "
+                  f"{edge['max_tokens']:>8} tokens")  # fmt: skip
+    if args.json:
+        payload = edges[0] if len(edges) == 1 else {"curve": edges}
+        write_json(args.json, "find-max", {**payload, "machine": machine_record()})
+    return StepOutOfMemory.exit_code if any(e["max_batch"] == 0 for e in edges) else 0
+
+
+def find_edge(spec: StepSpec, args: argparse.Namespace, device, budget: int | None) -> dict:
+    """One search, printed as it goes; its record (with the length and tokens of a sequence
+    model)."""
+    from b3core.measuring.memory import device_capacity
+    from b3core.studies.finder import find_max_batch
+    from b3core.workloads.build import resolve
+
+    tokens = resolve(spec).model_input.tokens_per_sample  # a sequence model's length
     print(
         f"finding the largest batch for {spec.model} ({spec.precision}) on {device}"
         + (f" within {budget / 2**20:.0f} MiB" if budget else "")
+        + (f" at {tokens} tokens per sequence" if tokens else "")
         + f" ({args.search} search)",
         flush=True,
     )
@@ -149,9 +178,7 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
             f"analytic fixed part: {analytic.total_bytes / 2**20:.1f} MiB "
             f"(weights, gradients and {spec.optimizer} state)"
         )
-    if args.json:
-        write_json(args.json, "find-max", {**payload, "machine": machine_record()})
-    return StepOutOfMemory.exit_code if result.max_batch == 0 else 0
+    return payload
 
 
 def cmd_memory(args: argparse.Namespace) -> int:

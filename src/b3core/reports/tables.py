@@ -86,6 +86,7 @@ def results_frame(results: Iterable[StepResult], source: str | None = None) -> p
                 "samples_per_s": rate.samples_per_s,
                 "samples_per_s_ci95_low": rate.ci95[0],
                 "samples_per_s_ci95_high": rate.ci95[1],
+                "tokens_per_sample": r.workload.tokens_per_sample if r.workload else None,
                 "tokens_per_s": r.tokens_per_s,
                 "flops_per_step": r.flops_per_step,
                 "gflops_per_s": r.flops_per_s / 1e9 if r.flops_per_s else None,
@@ -151,6 +152,21 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
             "notes": frame["notes"],
         }
     )
+    if frame["tokens_per_s"].notna().any():  # sequence models: a sample is L tokens
+        rates = zip(
+            frame["samples_per_s"],
+            frame["samples_per_s_ci95_low"],
+            frame["samples_per_s_ci95_high"],
+            frame["tokens_per_sample"],
+        )
+        shown.insert(
+            shown.columns.get_loc("samples/s (95% CI)") + 1,
+            "tokens/s (95% CI)",
+            [
+                with_ci(Throughput(rate, (low, high), 0, 0.0).scaled(int(k))) if pd.notna(k) else ""
+                for rate, low, high, k in rates
+            ],
+        )
     if frame["source"].notna().any():
         shown.insert(0, "source", frame["source"])
     return shown

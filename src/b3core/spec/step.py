@@ -91,7 +91,7 @@ class StepSpec(Record):
         metadata=option(
             "--model",
             help="a model: a name from `b3 models` (built-in or an installed package's), "
-            "package.module:function, or timm/NAME",
+            "package.module:function, timm/NAME, or hf/TYPE (a transformers model type)",
         )
     )
     batch_size: int = field(

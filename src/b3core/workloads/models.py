@@ -16,7 +16,7 @@ from torch import nn
 
 from b3core.errors import B3Error
 from b3core.spec.step import StepSpec, shape_dims
-from b3core.workloads import model_sources
+from b3core.workloads import hf_models, model_sources
 from b3core.workloads.info import CAUSAL_LM, CLASSIFICATION
 from b3core.workloads.model_spec import (  # noqa: F401 - the models' public names
     DEFAULT_INPUT_SHAPE,
@@ -94,12 +94,14 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """Any model b3 takes: a built-in or entry-point name, `package.module:function`, or
-    `timm/NAME`."""
+    """Any model b3 takes: a built-in or entry-point name, `package.module:function`,
+    `timm/NAME`, or `hf/NAME` (a transformers model type)."""
     if name in _REGISTRY:
         return _REGISTRY[name]
     if name.startswith(model_sources.TIMM_PREFIX):
         return model_sources.timm_spec(name)
+    if name.startswith(hf_models.HF_PREFIX):
+        return hf_models.hf_spec(name)
     if is_import_path(name):
         return model_sources.import_path_spec(name)
     found = model_sources.entry_point_spec(name)
