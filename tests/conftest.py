@@ -1,3 +1,4 @@
+import contextlib
 import fcntl
 import os
 import shutil
@@ -68,8 +69,26 @@ def pytest_runtest_protocol(item, nextitem):
         return (yield)
     shared = lock_dir(item.config.workerinput["testrunuid"])
     shared.mkdir(exist_ok=True)
-    with cpu_turn(shared, alone=item.get_closest_marker("untimed") is None):
+    alone = item.get_closest_marker("untimed") is None
+    with cpu_turn(shared, alone), contextlib.nullcontext() if alone else one_thread():
         return (yield)
+
+
+@contextmanager
+def one_thread():
+    """An untimed test shares the two cores with another: torch in it, and in the processes it
+    starts, gets one thread, so that two tests' OpenMP threads do not spin against each other."""
+    saved_env, saved_threads = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved_threads)
+        if saved_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved_env
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,8 @@ from b3core.studies.align import AlignSettings, comparisons_around, run_align
 from b3core.studies.compare.workers import CaseFailed
 from tests.cli_helpers import b3_here
 
+pytestmark = pytest.mark.untimed  # fake workers, and an end-to-end run that accepts any verdict
+
 SPEC = StepSpec("simple_cnn", 16, device="cpu")
 START_S = 2.0  # a fresh interpreter's start
 

@@ -149,6 +149,7 @@ def test_publish_serves_every_cdn_file_from_the_site(site):
 
 @pytest.mark.slow
 @needs_chromium
+@pytest.mark.untimed  # reads the history built (alone) by the first test
 def test_the_benchmark_list_renders_offline(served):
     page = dom(f"{served}/index.html")
     assert "continental origin of swallow" not in page
@@ -158,6 +159,7 @@ def test_the_benchmark_list_renders_offline(served):
 
 @pytest.mark.slow
 @needs_chromium
+@pytest.mark.untimed  # reads the history built (alone) by the first test
 def test_a_graph_page_draws_the_series_of_each_parameter_on_this_machine(served, tmp_path):
     url = f"{served}/index.html#asv_steps.TrainCost.track_seconds_per_sample"
     page = dom(url)
@@ -180,6 +182,7 @@ def test_a_graph_page_draws_the_series_of_each_parameter_on_this_machine(served,
 
 @pytest.mark.slow
 @needs_chromium
+@pytest.mark.untimed  # reads the history built (alone) by the first test
 def test_the_slower_commit_is_on_the_regressions_page_and_in_the_feed(site, served):
     """asv lists a regression as [benchmark, graph, params, index, last value, best value,
     jumps]: the step got costlier, so the last value is above the best."""
@@ -229,6 +232,7 @@ def test_asvs_figures_agree_with_b3_step_in_a_fresh_process(history):
     assert 1 / 3 < asv_seconds / b3_seconds < 3, (asv_seconds, b3_seconds)
 
 
+@pytest.mark.untimed  # a page of its own: nothing timed
 def test_a_page_that_loads_an_unknown_external_file_fails_loudly(tmp_path):
     site = tmp_path / "html"
     site.mkdir()
@@ -245,6 +249,7 @@ def test_a_page_that_loads_an_unknown_external_file_fails_loudly(tmp_path):
     assert "github.com" not in str(caught.value)  # a link is not a resource
 
 
+@pytest.mark.untimed  # a page of its own: nothing timed
 def test_a_known_reference_is_rewritten_and_pinned_to_the_file_served(tmp_path):
     site = tmp_path / "html"
     (site / "sub").mkdir(parents=True)
@@ -276,6 +281,7 @@ def test_publish_bad_input_is_one_line_and_exit_2(tmp_path, capsys, config, frag
     assert fragment in err and err.count("\n") == 1
 
 
+@pytest.mark.untimed  # a page of its own: nothing timed
 def test_a_missing_shipped_file_is_named(tmp_path, monkeypatch):
     assets = tmp_path / "assets"
     shutil.copytree(asv_publish.ASSETS, assets)

@@ -536,6 +536,7 @@ def _older_minor_release(root: Path) -> str | None:
 
 
 @pytest.mark.slow
+@pytest.mark.untimed  # any verdict: the sides' protocol is what it checks
 def test_last_minor_release_compares_through_its_own_internals(tmp_path):
     """A base side at the last minor release of b3 (before the versioned entry point) still
     compares: the worker adapts to its internals, and each side runs its own b3core."""

@@ -35,6 +35,8 @@ from b3core.studies.compare.verdict import (
     unpaired_estimate,
 )
 
+pytestmark = pytest.mark.untimed  # fake timings only
+
 
 @pytest.mark.parametrize(
     ("ratio", "interval", "verdict"),

@@ -10,6 +10,8 @@ from b3core.measuring.stats import (
     tukey_outliers,
 )
 
+pytestmark = pytest.mark.untimed  # fake timings only
+
 
 def test_summarize_matches_numpy_and_scipy():
     x = [1.0, 2.0, 3.0, 4.0, 10.0]
