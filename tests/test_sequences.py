@@ -118,6 +118,12 @@ def test_bad_sequence_input_is_one_line_and_exit_2(args, message):
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
+def test_converge_which_trains_on_images_refuses_a_sequence_model_in_one_line():
+    done = b3_here("converge", "--model", LM, "--batch-sizes", "4", "--target-accuracy", "0.5")
+    assert done.returncode == 2 and "trains image classifiers" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # --- the memory surface, fitted to planted peaks ---------------------------------------------
 
 GRID = [(b, length) for length in (64, 128, 256) for b in (2, 4, 8)]

@@ -318,6 +318,12 @@ def prepare_study(spec: ConvergeSpec, step: StepSpec) -> tuple[StepSpec, Splits]
     from b3core.workloads.models import step_model
 
     _, model_input = step_model(step)
+    if not model_input.is_image:
+        shape = "x".join(map(str, model_input.shape))
+        raise B3Error(
+            f"b3 converge trains image classifiers on image data sets; {step.model} takes "
+            f"{shape} {model_input.dtype} input"
+        )
     splits = load_splits(spec, model_input.shape[-1])
     check_batches(spec, step, len(splits.train))
     return step.replace(num_classes=dataset_classes(splits)), splits
