@@ -30,6 +30,7 @@ def run_pytest(*args, cwd, env_extra=None, plugins_dir=None):
     )
 
 
+@pytest.mark.untimed  # records and options, at any speed
 @pytest.mark.parametrize("clock", ["blocked", "per-step"])
 def test_suite_reports_b3_extra_info_machine_and_summary(tmp_path, clock):
     out = tmp_path / "results.json"
@@ -72,6 +73,7 @@ def test_suite_reports_b3_extra_info_machine_and_summary(tmp_path, clock):
     assert "b3's IQR uses quartiles by linear interpolation" in proc.stdout
 
 
+@pytest.mark.untimed  # records and options, at any speed
 def test_autosave_storage_is_named_by_machine_slug_and_env_settings_apply(tmp_path):
     proc = run_pytest(
         REPO / "benchmarks" / "test_inference.py",
@@ -94,6 +96,7 @@ def test_autosave_storage_is_named_by_machine_slug_and_env_settings_apply(tmp_pa
     assert [r["stats"]["rounds"] for r in records] == [3]
 
 
+@pytest.mark.untimed  # records and options, at any speed
 def test_case_over_memory_budget_is_skipped_and_the_run_goes_on(tmp_path):
     proc = run_pytest(
         REPO / "benchmarks" / "test_train_step.py",
@@ -110,6 +113,7 @@ def test_case_over_memory_budget_is_skipped_and_the_run_goes_on(tmp_path):
     assert "2 skipped" in proc.stdout and "does not fit" in proc.stdout
 
 
+@pytest.mark.untimed  # records and options, at any speed
 def test_bad_option_is_a_usage_error(tmp_path):
     proc = run_pytest(
         REPO / "benchmarks" / "test_train_step.py",

@@ -8,6 +8,8 @@ import pytest
 
 from b3core.cli import main
 
+pytestmark = pytest.mark.untimed  # its checks hold at any speed (a ~1 ms step blocks up either way)
+
 
 def words(*parts):
     """'step --batch-size 8', '--json', path -> one argv list (strings with spaces are split)."""

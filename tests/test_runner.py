@@ -12,6 +12,8 @@ from b3core.measuring.runner import measure
 from b3core.spec import StepSpec, Timing
 from b3core.workloads import build
 
+pytestmark = pytest.mark.untimed  # counts and records; a compiled first call is slow at any load
+
 CPU = "cpu"
 
 

@@ -14,6 +14,8 @@ from b3core.spec import StepSpec, Timing
 from b3core.studies.sweep import LOG_NAME, SweepLog, SweepPlan, aggregate, read_log, run_sweep
 from tests.cli_helpers import b3_here
 
+pytestmark = pytest.mark.untimed  # merging, resuming, records; blocks keep their order at any load
+
 BASE = StepSpec("simple_cnn", 1, device="cpu")
 MACHINE = {"slug": "test"}
 
