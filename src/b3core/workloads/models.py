@@ -40,21 +40,13 @@ def register_model(
     resizable: bool = True,
 ):
     """Register a built-in builder `fn(num_classes, image_size) -> nn.Module` under its name."""
-
-    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[builder.__name__] = ModelSpec(
-            name=builder.__name__,
-            builder=builder,
-            input_shape=(3, image_size, image_size),
-            num_classes=num_classes,
-            min_image_size=min_image_size,
-            image_size_multiple=image_size_multiple,
-            resizable=resizable,
-            description=first_doc_line(builder),
-        )
-        return builder
-
-    return decorate
+    return _registrar(
+        input_shape=(3, image_size, image_size),
+        num_classes=num_classes,
+        min_image_size=min_image_size,
+        image_size_multiple=image_size_multiple,
+        resizable=resizable,
+    )
 
 
 def register_sequence_model(
@@ -68,19 +60,27 @@ def register_sequence_model(
     """Register a built-in builder of a model over token ids, `fn(vocab_size, context_size,
     num_classes) -> nn.Module`, that takes sequences of `seq_len` tokens unless told otherwise
     (up to `context_size`)."""
+    return _registrar(
+        input_shape=(seq_len,),
+        num_classes=num_classes,
+        input_dtype="int64",
+        vocab_size=vocab_size,
+        task=task,
+        context_size=context_size,
+        resizable=False,
+    )
+
+
+def _registrar(**spec_fields):
+    """The decorator that registers a builder under its name, with these ModelSpec fields and
+    its docstring's first line as its description."""
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[builder.__name__] = ModelSpec(
             name=builder.__name__,
             builder=builder,
-            input_shape=(seq_len,),
-            num_classes=num_classes,
-            input_dtype="int64",
-            vocab_size=vocab_size,
-            task=task,
-            context_size=context_size,
-            resizable=False,
             description=first_doc_line(builder),
+            **spec_fields,
         )
         return builder
 
