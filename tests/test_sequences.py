@@ -160,6 +160,16 @@ def test_a_fused_attention_without_the_l2_term_is_said_to_vanish():
     assert surface.terms[2].low < 0 < surface.terms[2].high
 
 
+def test_probes_that_peak_in_the_optimizers_update_are_said_to_miss_the_surface():
+    """At small batches the peak is Adam's update, flat in B·L: those probes sit above the
+    surface, and b3 says the fit misses them."""
+    clean = fit_memory_surface(GRID, planted(50e6, 20e3, 40.0))
+    assert not clean.misses_a_probe
+    flat = [max(peak, 60e6) for peak in planted(50e6, 20e3, 40.0)]
+    bent = fit_memory_surface(GRID, flat)
+    assert bent.misses_a_probe and bent.max_residual_share > 0.05
+
+
 def test_the_surface_needs_two_lengths_and_four_probes():
     with pytest.raises(ValueError, match="two sequence lengths"):
         fit_memory_surface([(1, 64), (2, 64), (4, 64), (8, 64)], [1, 2, 3, 4])
@@ -180,6 +190,8 @@ def test_b3_memory_over_lengths_prints_the_surface_with_its_b_l2_term(tmp_path):
     assert saved["format"] == "b3/memory-surface/1"
     assert [t["form"] for t in saved["surface"]["terms"]] == ["a", "b·B·L", "c·B·L²"]
     assert len(saved["surface"]["points"]) == 4
+    said = "the surface misses a probe" in done.stdout
+    assert said == saved["surface"]["misses_a_probe"]
 
 
 def test_find_max_batch_finds_the_exact_edge_in_sequences_and_tokens_at_each_length(tmp_path):

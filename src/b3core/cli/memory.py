@@ -260,6 +260,12 @@ def memory_surface(args: argparse.Namespace, spec: StepSpec) -> int:
         for (b, length), share in zip(surface.points, surface.residual_shares())
     )
     print(f"  residuals (measured - fitted, share of the peak): {shares}")
+    if surface.misses_a_probe:
+        print(
+            f"  note: the surface misses a probe by {surface.max_residual_share:.1%}: at small "
+            "batches the peak is often the optimizer's update, flat in B·L; probe larger "
+            "batches or lengths"
+        )
     largest = max(surface.points, key=lambda p: p[0] * p[1] ** 2)
     if surface.attention_vanishes:
         print(

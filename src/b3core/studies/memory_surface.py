@@ -20,6 +20,7 @@ from b3core.spec.step import StepSpec
 from b3core.studies.finder import training_probe
 
 MIN_PROBES = 4  # three terms and at least one degree of freedom for their intervals
+MISS = 0.05  # a probe this far off the surface (a share of its peak) is said to bend the fit
 TERMS = ("fixed", "per_token", "per_token_pair")
 TERM_FORMS = {"fixed": "a", "per_token": "b·B·L", "per_token_pair": "c·B·L²"}
 
@@ -68,6 +69,14 @@ class MemorySurface:
         return [(p - self.predict(*pt)) / p for pt, p in zip(self.points, self.peak_bytes)]
 
     @property
+    def max_residual_share(self) -> float:
+        return max(abs(share) for share in self.residual_shares())
+
+    @property
+    def misses_a_probe(self) -> bool:
+        return self.max_residual_share > MISS
+
+    @property
     def attention_vanishes(self) -> bool:
         """The B·L² term's interval includes zero: no attention matrix is kept that the probes
         could see."""
@@ -86,6 +95,7 @@ class MemorySurface:
             "points": [list(p) for p in self.points],
             "peak_bytes": list(self.peak_bytes),
             "residual_shares": self.residual_shares(),
+            "misses_a_probe": self.misses_a_probe,
             "attention_vanishes": self.attention_vanishes,
         }
 
