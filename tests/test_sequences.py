@@ -35,6 +35,7 @@ def test_the_language_model_learns_the_next_token_and_starts_at_chance():
         logits = model(inputs)
         loss = workload.trainer.loss_fn(logits, targets)
     assert logits.shape == (4, 16, 512)
+    assert workload.info.num_classes == 512  # what it records: its classes are the tokens
     # random weights and uniform random tokens: the loss of guessing, ln V, to a few percent
     assert loss.item() == pytest.approx(math.log(512), rel=0.05)
     assert float(workload.call()) == pytest.approx(math.log(512), rel=0.05)
@@ -102,6 +103,7 @@ def too_small_embedding():
         (["--model", LM, "--seq-len", "4096"], "longer than model gpt_small's context of 1024"),
         (["--model", LM, "--seq-len", "64", "--image-size", "32"], "only one of"),
         (["--model", LM, "--seq-len", "0"], "--seq-len"),
+        (["--model", LM, "--num-classes", "5"], "give --vocab-size, not --num-classes"),
         (
             [
                 "--model", f"{__name__}:too_small_embedding", "--input-dtype", "int64",

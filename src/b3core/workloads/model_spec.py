@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from b3core.errors import B3Error
-from b3core.workloads.info import CLASSIFICATION, tokens_per_sample
+from b3core.workloads.info import CAUSAL_LM, CLASSIFICATION, tokens_per_sample
 from b3core.workloads.user_code import TRACEBACK_HINT, call_with_declared, first_line
 
 DEFAULT_INPUT_SHAPE = (3, 224, 224)
@@ -120,6 +120,12 @@ class ModelSpec:
         if dtype == "int64" and vocab is None:
             raise B3Error(f"model {self.name} takes int64 token ids: give --vocab-size")
         classes = self.num_classes if num_classes is None else num_classes
+        if self.task == CAUSAL_LM:  # a language model's classes are its next tokens
+            if num_classes is not None:
+                raise B3Error(
+                    f"model {self.name} predicts tokens: give --vocab-size, not --num-classes"
+                )
+            classes = vocab
         if classes < 1:
             raise B3Error(f"num_classes must be at least 1, got {classes}")
         return ModelInput(shape, dtype, classes, vocab if dtype == "int64" else None, self.task)
