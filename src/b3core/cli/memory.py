@@ -76,15 +76,18 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
     if args.seq_lens and spec.seq_len is not None:
         raise B3Error("give --seq-len or --seq-lens, not both")
     specs = [spec.replace(seq_len=length) for length in args.seq_lens or [spec.seq_len]]
-    for each in specs:
-        resolve(each)  # every length within the model's context, before any probe
+    # every length within the model's context, before any probe
+    tokens = [resolve(each).model_input.tokens_per_sample for each in specs]
     device = resolve_device(spec.device)
     budget = args.memory_budget
     check_budget(device, budget)
     if budget is None and device.type != "cuda":
         budget = default_host_budget()
         print(f"no --memory-budget: using a quarter of available memory, {budget / 2**20:.0f} MiB")
-    edges = [find_edge(each, args, device, budget) for each in specs]
+    edges = [
+        find_edge(each, tokens_each, args, device, budget)
+        for each, tokens_each in zip(specs, tokens)
+    ]
     if len(edges) > 1:
         print("the edge over sequence length:")
         for edge in edges:
@@ -96,14 +99,14 @@ def cmd_find_max_batch(args: argparse.Namespace) -> int:
     return StepOutOfMemory.exit_code if any(e["max_batch"] == 0 for e in edges) else 0
 
 
-def find_edge(spec: StepSpec, args: argparse.Namespace, device, budget: int | None) -> dict:
-    """One search, printed as it goes; its record (with the length and tokens of a sequence
-    model)."""
+def find_edge(
+    spec: StepSpec, tokens: int | None, args: argparse.Namespace, device, budget: int | None
+) -> dict:
+    """One search, printed as it goes; its record (with a sequence model's length, `tokens`,
+    and the tokens at the edge)."""
     from b3core.measuring.memory import device_capacity
     from b3core.studies.finder import find_max_batch
-    from b3core.workloads.build import resolve
 
-    tokens = resolve(spec).model_input.tokens_per_sample  # a sequence model's length
     print(
         f"finding the largest batch for {spec.model} ({spec.precision}) on {device}"
         + (f" within {budget / 2**20:.0f} MiB" if budget else "")

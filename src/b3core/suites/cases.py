@@ -89,7 +89,7 @@ def benchmark_cases(
         for precision, acc, seq_len, size, case_mode in itertools.product(
             grid.precisions,
             grid.accumulation_steps,
-            grid.lengths_of(model, resolve_models),
+            grid.lengths_of(model),
             grid.batch_sizes,
             modes,
         ):
@@ -110,13 +110,13 @@ class CaseGrid:
     precisions: tuple[str, ...]
     accumulation_steps: tuple[int, ...]
     seq_lens: tuple[int, ...] = ()
+    # the models that take the grid's lengths: its sequence models (every model when models are
+    # left unresolved, for compare's workers: the user named the lengths)
+    sequence_models: frozenset[str] = frozenset()
 
-    def lengths_of(self, model: str, resolve_models: bool = True) -> tuple[int | None, ...]:
-        """The lengths a model is timed at: the grid's for a sequence model (for any model when
-        models are left unresolved: the user named the lengths), else its own input."""
-        if not self.seq_lens or (resolve_models and not get_model_spec(model).takes_tokens):
-            return (None,)
-        return self.seq_lens
+    def lengths_of(self, model: str) -> tuple[int | None, ...]:
+        """The lengths a model is timed at: the grid's for a sequence model, else its own."""
+        return self.seq_lens if self.seq_lens and model in self.sequence_models else (None,)
 
     def model_axis(self) -> list[str]:
         """asv's model parameter: each model, and a sequence model once per length of the grid
@@ -158,8 +158,10 @@ class CaseGrid:
 def case_grid(options: CaseOptions, *, resolve_models: bool = True) -> CaseGrid:
     profile = get_profile(options.profile, options.device)
     models = _split(options.models) or list(profile.models)
-    for model in models if resolve_models else ():
-        get_model_spec(model)  # unknown names fail here, with suggestions
+    if resolve_models:  # unknown names fail here, with suggestions
+        sequence_models = {m for m in models if get_model_spec(m).takes_tokens}
+    else:
+        sequence_models = set(models)
     sizes = parse_batch_sizes(options.batch_sizes) if options.batch_sizes else profile.batch_sizes
     precisions = _split(options.precisions) or list(profile.precisions)
     for precision in precisions:
@@ -177,6 +179,7 @@ def case_grid(options: CaseOptions, *, resolve_models: bool = True) -> CaseGrid:
         tuple(precisions),
         tuple(accumulation),
         tuple(seq_lens),
+        frozenset(sequence_models),
     )
 
 
