@@ -2,6 +2,7 @@
 per optimizer update, and beside a sequence model's 6·N·tokens."""
 
 import pytest
+import torch
 
 from b3core.measuring.runner import measure
 from b3core.spec.step import StepSpec, Timing
@@ -36,3 +37,14 @@ def test_a_language_model_shows_six_n_tokens_beside_the_count():
     saved = result.to_dict()
     assert saved["flops_per_step"] == result.flops_per_step
     assert saved["rule_of_thumb_flops_per_step"] == result.rule_of_thumb_flops
+
+
+def test_an_out_of_memory_while_counting_keeps_the_timed_result(monkeypatch):
+    from b3core.measuring import runner
+
+    def out_of_memory(call, device):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(runner, "count_flops", out_of_memory)
+    result = measure(StepSpec("simple_cnn", B, device="cpu"), QUICK)
+    assert result.flops_per_step is None and len(result.measurement.times) == 2

@@ -209,17 +209,15 @@ class StepResult:
         return self.warmup.first_call_s if self.warmup else math.nan
 
     def to_dict(self) -> dict:
-        m = self.measurement
+        m, tokens = self.measurement, self.token_throughput
         return {
             "label": self.spec.label,
             "spec": self.spec.to_dict(),
             "clock": m.clock,
             "skipped_steps": self.skipped_steps,
             "throughput": m.throughput.to_dict(),
-            "tokens_per_s": self.tokens_per_s,
-            "tokens_per_s_ci95": list(self.token_throughput.ci95)
-            if self.token_throughput
-            else None,
+            "tokens_per_s": tokens.samples_per_s if tokens else None,
+            "tokens_per_s_ci95": list(tokens.ci95) if tokens else None,
             "iterations_per_s": m.iterations_per_second,
             "measurement": m.to_dict(),
             "warnings": self.warnings,

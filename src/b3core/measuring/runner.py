@@ -231,8 +231,7 @@ def measure(
             comm_share = _comm_share(ready, k)
         measured = Measurement(tuple(times), samples, k, timing.clock)
         skipped = ready.skipped_updates - skipped
-        # counted after the clock; a compiled graph hides its operations from the counter
-        flops = count_flops(ready.call, ready.device) if timing.flops and not spec.compile else None
+        flops = _counted_flops(ready, timing) if timing.flops else None
         return measured, skipped, rank_times, comm_share, telemetry, flops
 
     run = run_guarded(step, timed, warmup=timing.warmup, memory_budget=memory_budget, seed=seed)
@@ -255,6 +254,21 @@ def measure(
     # a data-parallel step fits where its largest rank fits
     memory = dataclasses.replace(run.memory, peak_bytes=max(peaks))
     return dataclasses.replace(result, memory=memory, telemetry=telemetry, flops_per_step=flops)
+
+
+def _counted_flops(ready: ReadyStep, timing: Timing) -> int | None:
+    """One more step, after the clock, under the FLOP counter; None for a compiled step (its
+    graph hides its operations from the counter) or one that ran out of memory here (the
+    timed blocks are kept)."""
+    if ready.workload.spec.compile:
+        return None
+    try:
+        return count_flops(ready.call, ready.device)
+    except Exception as exc:  # noqa: BLE001 - only an out-of-memory is absorbed
+        if not is_out_of_memory(exc):
+            raise
+        release_memory(ready.device)
+        return None
 
 
 def telemetry_sampler(device: torch.device, timing: Timing):
