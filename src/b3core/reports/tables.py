@@ -88,6 +88,10 @@ def results_frame(results: Iterable[StepResult], source: str | None = None) -> p
                 "samples_per_s_ci95_high": rate.ci95[1],
                 "tokens_per_sample": r.workload.tokens_per_sample if r.workload else None,
                 "tokens_per_s": r.tokens_per_s,
+                "tokens_per_s_ci95_low": r.token_throughput.ci95[0] if r.token_throughput else None,
+                "tokens_per_s_ci95_high": r.token_throughput.ci95[1]
+                if r.token_throughput
+                else None,
                 "flops_per_step": r.flops_per_step,
                 "gflops_per_s": r.flops_per_s / 1e9 if r.flops_per_s else None,
                 "peak_mib": r.memory.peak_bytes / MiB,
@@ -154,17 +158,14 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
     )
     if frame["tokens_per_s"].notna().any():  # sequence models: a sample is L tokens
         rates = zip(
-            frame["samples_per_s"],
-            frame["samples_per_s_ci95_low"],
-            frame["samples_per_s_ci95_high"],
-            frame["tokens_per_sample"],
+            frame["tokens_per_s"], frame["tokens_per_s_ci95_low"], frame["tokens_per_s_ci95_high"]
         )
         shown.insert(
             shown.columns.get_loc("samples/s (95% CI)") + 1,
             "tokens/s (95% CI)",
             [
-                with_ci(Throughput(rate, (low, high), 0, 0.0).scaled(int(k))) if pd.notna(k) else ""
-                for rate, low, high, k in rates
+                with_ci(Throughput(rate, (low, high), 0, 0.0)) if pd.notna(rate) else ""
+                for rate, low, high in rates
             ],
         )
     if frame["source"].notna().any():

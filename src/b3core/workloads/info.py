@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CLASSIFICATION, CAUSAL_LM = "classification", "causal-lm"
 # what the targets are: a class per sample, or the next token at every position of a sequence
-TASKS = (CLASSIFICATION, CAUSAL_LM)
+CLASSIFICATION, CAUSAL_LM = "classification", "causal-lm"
 
 
 def tokens_per_sample(shape: tuple[int, ...], dtype: str) -> int | None:
@@ -40,7 +39,7 @@ class WorkloadInfo:
             int(d["num_classes"]),
             bool(d["batch_dependent_layers"]),
             d.get("input_dtype", "float32"),
-            d.get("task", CLASSIFICATION),  # b3 before 0.5 timed classifiers only
+            d.get("task", CLASSIFICATION),  # saved before sequence models: all classifiers
             d.get("origin", "built-in"),  # b3 0.2's results knew only built-in models
             d.get("package"),
             d.get("version"),
