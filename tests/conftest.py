@@ -19,6 +19,10 @@ WORKERS = 2
 XDIST_WORKER = os.environ.pop("PYTEST_XDIST_WORKER", None)
 for _name in ("PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
     os.environ.pop(_name, None)
+# what b3 measures once per machine (the CPU's matmul peak) is kept out of the user's ~/.cache
+os.environ.setdefault(
+    "B3_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"b3-test-cache-{os.getuid()}")
+)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -50,6 +50,7 @@ def run_cli_exit(capsys, *argv):
         (["run", "--strategy", "fsdp"], "invalid choice"),
         (["run", "--warmup", "1", "--model", "simple_cnn"], "warm-up"),
         (["step", "--batch-size", "4", "--clock", "sundial"], "invalid choice"),
+        (["step", "--batch-size", "4", "--peak-tflops", "0"], "must be positive"),
         (["step", "--batch-size", "4", "--warmup", "1"], "warm-up must be at least 2"),
         (["step", "--batch-size", "4", "--clock", "per-step", "--block-steps", "3"], "blocked"),
         (["step", "--batch-size", "4", "--lr", "fast"], "must be a number"),

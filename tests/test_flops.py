@@ -48,3 +48,82 @@ def test_an_out_of_memory_while_counting_keeps_the_timed_result(monkeypatch):
     monkeypatch.setattr(runner, "count_flops", out_of_memory)
     result = measure(StepSpec("simple_cnn", B, device="cpu"), QUICK)
     assert result.flops_per_step is None and len(result.measurement.times) == 2
+
+
+# --- MFU: the achieved FLOP/s over the device's peak ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gpu", "precision", "tflops"),
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989.4),
+        ("NVIDIA H100 PCIe", "bf16", 756),
+        ("NVIDIA H100 NVL", "tf32", 417.5),
+        ("NVIDIA A100-SXM4-40GB", "fp32", 19.5),
+        ("NVIDIA L40S", "fp16", 362.05),
+        ("NVIDIA L4", "bf16", 121),
+        ("Tesla T4", "bf16", None),  # no bf16 on a T4: no peak, rather than fp16's
+        ("NVIDIA GeForce GTX 1080", "fp32", None),
+    ],
+)
+def test_a_gpu_peak_is_its_datasheet_figure_for_the_precision(monkeypatch, gpu, precision, tflops):
+    from b3core.measuring import peaks
+
+    monkeypatch.setattr(peaks, "device_name", lambda device: gpu)
+    peak = peaks.device_peak(torch.device("cuda", 0), precision)
+    if tflops is None:
+        assert peak is None
+        assert peaks.device_peak(torch.device("cuda", 0), precision, 100.0).flops_per_s == 1e14
+    else:
+        assert peak.flops_per_s == tflops * 1e12
+        assert "datasheet" in peak.source and "https://" in peak.source
+
+
+def test_the_cpu_peak_is_measured_once_per_dtype_and_thread_count(monkeypatch, tmp_path):
+    from b3core.measuring import peaks
+
+    monkeypatch.setenv("B3_CACHE_DIR", str(tmp_path))
+    measured = []
+
+    def fake_rate(device, dtype):
+        measured.append(dtype)
+        return 1e11 * (1 + len(measured)), 512
+
+    monkeypatch.setattr(peaks, "measure_matmul_rate", fake_rate)
+    first = peaks.device_peak(torch.device("cpu"), "fp32")
+    assert first.flops_per_s == 2e11 and "measured" in first.source
+    assert peaks.device_peak(torch.device("cpu"), "tf32") == first  # cached: fp32 matmuls too
+    assert peaks.device_peak(torch.device("cpu"), "bf16").flops_per_s == 3e11
+    assert measured == [torch.float32, torch.bfloat16]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert peaks.device_peak(torch.device("cpu"), "fp32").flops_per_s == 4e11
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_matmul_rate_counts_two_n_cubed_flops_over_the_best_product(monkeypatch):
+    from b3core.measuring import peaks
+
+    times = iter([0.01, 0.01, 0.5, 0.4, 0.2, 0.3, 0.5])  # warm-up, sizing, then five tries
+    monkeypatch.setattr(peaks, "MIN_MATMUL_SECONDS", 0.0)
+    monkeypatch.setattr(peaks, "time_block", lambda fn, device: next(times))
+    rate, size = peaks.measure_matmul_rate(torch.device("cpu"), torch.float32)
+    assert size == 256 and rate == 2 * 256**3 / 0.2
+
+
+def test_mfu_is_the_counted_rate_over_the_peak_with_the_throughputs_interval():
+    from b3core.measuring.result import Peak, StepResult
+
+    result = measure(StepSpec("simple_cnn", B, device="cpu"), QUICK.replace(peak_tflops=0.01))
+    assert result.peak == Peak(1e10, "--peak-tflops")
+    assert result.mfu.samples_per_s == pytest.approx(result.flops_per_s / 1e10)
+    rate = result.measurement.throughput
+    low, high = result.mfu.ci95
+    assert low / result.mfu.samples_per_s == pytest.approx(rate.ci95[0] / rate.samples_per_s)
+    assert high / result.mfu.samples_per_s == pytest.approx(rate.ci95[1] / rate.samples_per_s)
+    saved = result.to_dict()
+    assert saved["mfu"] == result.mfu.samples_per_s and saved["peak_flops_source"]
+    assert StepResult.from_dict(saved).mfu == result.mfu
+    assert measure(StepSpec("simple_cnn", B), QUICK.replace(flops=False)).mfu is None

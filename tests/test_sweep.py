@@ -60,6 +60,7 @@ def test_sweep_merges_passes_and_records_oom_then_goes_on(tmp_path):
     counted = [r["result"]["flops_per_step"] for k, r in units.items() if "result" in r]
     assert sum(1 for flops in counted if flops) == len(counted) // 2
     assert train[8].flops_per_step == 2 * train[4].flops_per_step > 0
+    assert train[8].peak is not None and train[8].mfu.samples_per_s > 0  # the MFU column's
     assert ("train", 4096) in result.failures and "budget" in result.failures[("train", 4096)]
     _, records = read_log(tmp_path / LOG_NAME)
     oom_units = [k for k, r in records.items() if "oom" in r and k[1] == 4096]

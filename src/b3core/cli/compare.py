@@ -46,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     # the workers time blocks of their own shape, and sample no telemetry and count no FLOPs:
     # of Timing's options compare reads the warm-up and the clock
     add_fields_as_options(
-        p, Timing, skip=("repeats", "block_steps", "telemetry", "flops", "discard_throttled")
+        p,
+        Timing,
+        skip=("repeats", "block_steps", "telemetry", "flops", "peak_tflops", "discard_throttled"),
     )
     add_fields_as_options(p, CompareSettings)
     renamed(p, "--min-epochs", "--min-rounds")

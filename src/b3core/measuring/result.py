@@ -51,6 +51,15 @@ class PeakMemory:
 
 
 @dataclass(frozen=True)
+class Peak:
+    """A device's peak FLOP/s for a precision, and where the figure comes from (a datasheet,
+    a measured matmul, or --peak-tflops): MFU's denominator (measuring/peaks.py)."""
+
+    flops_per_s: float
+    source: str
+
+
+@dataclass(frozen=True)
 class Warmup:
     """The untimed steps: how many ran, the first one's time (compilation, autotuning), and
     whether the step had settled (optimizer state created, no GradScaler skip at the end)."""
@@ -146,6 +155,7 @@ class StepResult:
     # the machine's state in the timed region (measuring/telemetry.py); None: not sampled
     telemetry: dict | None = None
     flops_per_step: int | None = None  # counted by FlopCounterMode (measuring/flops.py)
+    peak: Peak | None = None  # what MFU divides by (measuring/peaks.py)
 
     @property
     def flops_per_s(self) -> float | None:
@@ -153,6 +163,15 @@ class StepResult:
         if self.flops_per_step is None:
             return None
         return self.flops_per_step * self.measurement.iterations_per_second
+
+    @property
+    def mfu(self) -> Throughput | None:
+        """Model FLOPs utilisation, the achieved FLOP/s over the device's peak for the step's
+        precision, as a rate with the throughput's 95% interval (it scales with samples/s)."""
+        if self.flops_per_step is None or self.peak is None:
+            return None
+        m = self.measurement
+        return m.throughput.scaled(self.flops_per_step / m.samples_per_step / self.peak.flops_per_s)
 
     @property
     def rule_of_thumb_flops(self) -> int | None:
@@ -231,6 +250,10 @@ class StepResult:
             "flops_per_step": self.flops_per_step,
             "flops_per_s": self.flops_per_s,
             "rule_of_thumb_flops_per_step": self.rule_of_thumb_flops,
+            "peak_flops_per_s": self.peak.flops_per_s if self.peak else None,
+            "peak_flops_source": self.peak.source if self.peak else None,
+            "mfu": self.mfu.samples_per_s if self.mfu else None,
+            "mfu_ci95": list(self.mfu.ci95) if self.mfu else None,
         }
 
     @classmethod
@@ -255,4 +278,7 @@ class StepResult:
             DistributedInfo.from_dict(d["distributed"]) if d.get("distributed") else None,
             d.get("telemetry"),
             d.get("flops_per_step"),
+            Peak(d["peak_flops_per_s"], d["peak_flops_source"])
+            if d.get("peak_flops_per_s")
+            else None,
         )

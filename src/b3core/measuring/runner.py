@@ -25,6 +25,7 @@ from b3core.measuring.clocks import block_steps_for, time_block
 from b3core.measuring.flops import count_flops
 from b3core.measuring.machine import device_name
 from b3core.measuring.memory import MemoryBudget, PeakMemoryTracker, release_memory
+from b3core.measuring.peaks import device_peak
 from b3core.measuring.protocol import is_out_of_memory
 from b3core.measuring.result import DistributedInfo, PeakMemory, StepResult, Warmup
 from b3core.measuring.stats import Measurement
@@ -231,15 +232,14 @@ def measure(
             comm_share = _comm_share(ready, k)
         measured = Measurement(tuple(times), samples, k, timing.clock)
         skipped = ready.skipped_updates - skipped
-        flops = _counted_flops(ready, timing) if timing.flops else None
-        return measured, skipped, rank_times, comm_share, telemetry, flops
+        return measured, skipped, rank_times, comm_share, telemetry, flop_figures(ready, timing)
 
     run = run_guarded(step, timed, warmup=timing.warmup, memory_budget=memory_budget, seed=seed)
     measured, skipped, rank_times, comm_share, telemetry, flops = run.value
+    counted = {"telemetry": telemetry, **flops}
     rank = distributed.current()
     if rank is None:
-        result = run.result(spec, measured, skipped)
-        return dataclasses.replace(result, telemetry=telemetry, flops_per_step=flops)
+        return dataclasses.replace(run.result(spec, measured, skipped), **counted)
     peaks = tuple(distributed.gather(run.memory.peak_bytes))
     ranks = DistributedInfo(
         rank.world_size,
@@ -253,22 +253,29 @@ def measure(
     result = run.result(spec, measured, skipped, ranks)
     # a data-parallel step fits where its largest rank fits
     memory = dataclasses.replace(run.memory, peak_bytes=max(peaks))
-    return dataclasses.replace(result, memory=memory, telemetry=telemetry, flops_per_step=flops)
+    return dataclasses.replace(result, memory=memory, **counted)
 
 
-def _counted_flops(ready: ReadyStep, timing: Timing) -> int | None:
-    """One more step, after the clock, under the FLOP counter; None for a compiled step (its
-    graph hides its operations from the counter) or one that ran out of memory here (the
-    timed blocks are kept)."""
-    if ready.workload.spec.compile:
-        return None
+def flop_figures(ready: ReadyStep, timing: Timing) -> dict:
+    """A StepResult's `flops_per_step` and `peak` (MFU's), found after the clock: the FLOPs of
+    one more step under the counter, and the device's peak for the precision (on CPU measured
+    once per machine). Empty with --no-flops, for a compiled step (its graph hides its
+    operations from the counter) or when the counting step ran out of memory (the timed
+    blocks are kept)."""
+    spec = ready.workload.spec
+    if not timing.flops or spec.compile:
+        return {}
     try:
-        return count_flops(ready.call, ready.device)
+        flops = count_flops(ready.call, ready.device)
     except Exception as exc:  # noqa: BLE001 - only an out-of-memory is absorbed
         if not is_out_of_memory(exc):
             raise
         release_memory(ready.device)
-        return None
+        return {}
+    return {
+        "flops_per_step": flops,
+        "peak": device_peak(ready.device, spec.precision, timing.peak_tflops),
+    }
 
 
 def telemetry_sampler(device: torch.device, timing: Timing):

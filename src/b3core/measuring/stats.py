@@ -90,8 +90,9 @@ class Throughput:
     samples: int
     seconds: float
 
-    def scaled(self, units_per_sample: int) -> Throughput:
-        """The same rate counted in smaller units: tokens, for sequences of that many tokens."""
+    def scaled(self, units_per_sample: float) -> Throughput:
+        """The same rate counted in other units: tokens, for sequences of that many tokens, or
+        a share of a peak FLOP/s."""
         k = units_per_sample
         return Throughput(
             self.samples_per_s * k,

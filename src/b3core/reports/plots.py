@@ -45,11 +45,13 @@ def _series(frame: pd.DataFrame):
 def plot_batch_curves(
     frame: pd.DataFrame, path: str | Path, *, memory_fit=None, title: str = ""
 ) -> Path:
-    """samples/s (95% CI bars) and step time (SD bars) vs batch size; peak memory too when the
-    frame has it and a fit (fixed, per_sample) is given."""
-    panels = 3 if memory_fit is not None else 2
+    """samples/s (95% CI bars) and step time (SD bars) vs batch size; peak memory too when a
+    fit (fixed, per_sample) is given, and MFU (95% CI bars) when the frame has it."""
+    has_mfu = "mfu" in frame and frame["mfu"].notna().any()
+    panels = 2 + (memory_fit is not None) + has_mfu
     fig, axes = subplots(panels, 1, figsize=(9, 3.2 * panels), sharex=True)
     rate_ax, time_ax = axes[0], axes[1]
+    mfu_ax = axes[-1] if has_mfu else None
     for label, g in _series(frame):
         low = g["samples_per_s"] - g["samples_per_s_ci95_low"]
         high = g["samples_per_s_ci95_high"] - g["samples_per_s"]
@@ -71,6 +73,21 @@ def plot_batch_curves(
             capsize=2,
             label=label,
         )
+        if mfu_ax is not None:
+            mfu_ax.errorbar(
+                g["batch"],
+                g["mfu"] * 100,
+                yerr=[
+                    ((g["mfu"] - g["mfu_ci95_low"]) * 100).fillna(0),
+                    ((g["mfu_ci95_high"] - g["mfu"]) * 100).fillna(0),
+                ],
+                marker="o",
+                markersize=3,
+                capsize=2,
+                label=label,
+            )
+    if mfu_ax is not None:
+        mfu_ax.set_ylabel("MFU, % of peak FLOP/s (95% CI)")
     if "contended" in frame and frame["contended"].fillna(False).astype(bool).any():
         hit = frame[frame["contended"].fillna(False).astype(bool)]
         for ax, column in ((rate_ax, "samples_per_s"), (time_ax, "step_ms_mean")):

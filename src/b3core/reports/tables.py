@@ -94,6 +94,9 @@ def results_frame(results: Iterable[StepResult], source: str | None = None) -> p
                 else None,
                 "flops_per_step": r.flops_per_step,
                 "gflops_per_s": r.flops_per_s / 1e9 if r.flops_per_s else None,
+                "mfu": r.mfu.samples_per_s if r.mfu else None,
+                "mfu_ci95_low": r.mfu.ci95[0] if r.mfu else None,
+                "mfu_ci95_high": r.mfu.ci95[1] if r.mfu else None,
                 "peak_mib": r.memory.peak_bytes / MiB,
                 "memory_source": r.memory.source,
                 "n": m.time.n,
@@ -167,6 +170,12 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
                 with_ci(Throughput(rate, (low, high), 0, 0.0)) if pd.notna(rate) else ""
                 for rate, low, high in rates
             ],
+        )
+    if frame["mfu"].notna().any():
+        shown.insert(
+            shown.columns.get_loc("peak MiB"),
+            "MFU",
+            [f"{share:.1%}" if pd.notna(share) else "" for share in frame["mfu"]],
         )
     if frame["source"].notna().any():
         shown.insert(0, "source", frame["source"])
@@ -258,6 +267,12 @@ def describe_clock(m: Measurement) -> str:
     )
 
 
+def flop_rate_text(flops_per_s: float) -> str:
+    if flops_per_s >= 1e12:
+        return f"{flops_per_s / 1e12:.4g} TFLOP/s"
+    return f"{flops_per_s / 1e9:.4g} GFLOP/s"
+
+
 def flops_lines(r: StepResult) -> list[str]:
     """The counted FLOPs and the rate they were done at; for a sequence model, 6·N·tokens
     beside them and the difference (attention's L² products, and what the rule leaves out)."""
@@ -265,7 +280,7 @@ def flops_lines(r: StepResult) -> list[str]:
         return []
     lines = [
         f"  FLOPs         {r.flops_per_step / 1e9:.4g} GFLOP per step (counted by torch's "
-        f"FlopCounterMode), {r.flops_per_s / 1e9:.4g} GFLOP/s achieved"
+        f"FlopCounterMode), {flop_rate_text(r.flops_per_s)} achieved"
     ]
     rule = r.rule_of_thumb_flops
     if rule:
@@ -274,6 +289,17 @@ def flops_lines(r: StepResult) -> list[str]:
             f"  {n}·N·tokens    {rule / 1e9:.4g} GFLOP per step; counted - rule: "
             f"{(r.flops_per_step - rule) / 1e9:+.4g} GFLOP ({r.flops_per_step / rule - 1:+.1%}: "
             "attention's L² products, less what N counts but no token multiplies)"
+        )
+    if r.mfu is not None:
+        low, high = r.mfu.ci95
+        lines.append(
+            f"  MFU           {r.mfu.samples_per_s:.1%} (95% CI {low:.1%} to {high:.1%}) of "
+            f"{flop_rate_text(r.peak.flops_per_s)} peak ({r.peak.source})"
+        )
+    else:
+        lines.append(
+            f"  MFU           not known: no peak FLOP/s for {r.device_name} in "
+            f"{r.spec.precision} (give --peak-tflops)"
         )
     return lines
 

@@ -310,6 +310,15 @@ class Timing(Record):
             "more step, after the timed ones)",
         ),
     )
+    peak_tflops: float | None = field(
+        default=None,
+        metadata=option(
+            "--peak-tflops",
+            parse=parse_number,
+            help="the device's peak TFLOP/s for the step's precision, which MFU divides by "
+            "(default: the datasheet's for a known GPU, a measured matmul peak on CPU)",
+        ),
+    )
     discard_throttled: bool = field(
         default=False,
         metadata=option(
@@ -329,5 +338,7 @@ class Timing(Record):
             require_positive_int("block steps", self.block_steps)
             if self.clock == "per-step" and self.block_steps != 1:
                 raise B3Error("--block-steps needs --clock blocked")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise B3Error(f"peak TFLOP/s must be positive, got {self.peak_tflops}")
         if self.discard_throttled and not self.telemetry:
             raise B3Error("--discard-throttled needs telemetry (drop --no-telemetry)")

@@ -242,6 +242,7 @@ def aggregate(records: Iterable[dict]) -> SweepResult:
         first = measured[0]
         result.pass_rates[key] = [r.measurement.throughput.samples_per_s for r in measured]
         peak = max((r.memory for r in measured), key=lambda m: m.peak_bytes)
+        counted = next((r for r in measured if r.flops_per_step), None)  # the first pass's
         result.results.append(
             StepResult(
                 first.spec,
@@ -252,7 +253,8 @@ def aggregate(records: Iterable[dict]) -> SweepResult:
                 first.workload,
                 sum(r.skipped_steps for r in measured),
                 telemetry=merge_summaries([r.telemetry for r in measured]),
-                flops_per_step=next((r.flops_per_step for r in measured if r.flops_per_step), None),
+                flops_per_step=counted.flops_per_step if counted else None,
+                peak=counted.peak if counted else None,
             )
         )
     return result

@@ -78,7 +78,7 @@ class _TrainCost:
     """b3's own measurement, one per case, through the runner with the blocked clock: the
     time per training sample (the inverse of b3's total-samples-over-total-time throughput)
     peak memory (CUDA's max allocated; on CPU, the tensors' peak), whether telemetry found the
-    run contended, and energy per sample. asv keeps one
+    run contended, energy per sample, and 1 - MFU. asv keeps one
     value per track_* (the last round's), so the measurement is twice b3's default length."""
 
     grid: CaseGrid
@@ -115,6 +115,14 @@ class _TrainCost:
         return next((e["j_per_sample"] for e in energy.values() if "j_per_sample" in e), None)
 
     track_joules_per_sample.unit = "joules"
+
+    def track_mfu_shortfall(self, model, batch_size, precision):
+        """1 - MFU: the share of the device's peak FLOP/s that the step leaves unused, so that
+        lower is better as in every other asv figure; n/a where no peak is known."""
+        mfu = self.result.mfu
+        return 1.0 - mfu.samples_per_s if mfu else None
+
+    track_mfu_shortfall.unit = "1 - MFU"
 
 
 def step_benchmarks(**case_options) -> tuple[type, type, type]:

@@ -129,7 +129,7 @@ def b3_bench(benchmark, b3_settings, request: pytest.FixtureRequest):
     was released."""
     from b3core.errors import StepOutOfMemory
     from b3core.measuring.clocks import synced_every
-    from b3core.measuring.runner import run_guarded, telemetry_sampler
+    from b3core.measuring.runner import flop_figures, run_guarded, telemetry_sampler
     from b3core.measuring.stats import Measurement
     from b3core.suites.cases import unsupported_reason
 
@@ -149,7 +149,7 @@ def b3_bench(benchmark, b3_settings, request: pytest.FixtureRequest):
                 )
             samples = spec.samples_per_step * k * timing.repeats
             telemetry = sampler.summary(samples) if sampler is not None else None
-            return k, ready.skipped_updates - skipped, telemetry
+            return k, ready.skipped_updates - skipped, telemetry, flop_figures(ready, timing)
 
         try:
             guarded = run_guarded(
@@ -159,11 +159,13 @@ def b3_bench(benchmark, b3_settings, request: pytest.FixtureRequest):
             pytest.skip(f"does not fit: {oom.reason}")
         if benchmark.disabled:
             return None
-        k, skipped, telemetry = guarded.value
+        k, skipped, telemetry, flops = guarded.value
         # pytest-benchmark keeps each round's time over its iterations: back to block times
         blocks = tuple(t * k for t in benchmark.stats.stats.data)
         measured = Measurement(blocks, spec.samples_per_step, k, timing.clock)
-        result = dataclasses.replace(guarded.result(spec, measured, skipped), telemetry=telemetry)
+        result = dataclasses.replace(
+            guarded.result(spec, measured, skipped), telemetry=telemetry, **flops
+        )
         benchmark.extra_info.update(extra_info(result))
         request.config.stash[_RESULTS].append(result)
         return result
@@ -191,6 +193,9 @@ def extra_info(result) -> dict:
         "model_identity": result.workload.identity if result.workload else None,
         "warnings": result.warnings,
         "contended": result.contended if result.telemetry else None,  # None: not sampled
+        "flops_per_step": result.flops_per_step,
+        "mfu": result.mfu.samples_per_s if result.mfu else None,
+        "mfu_ci95": list(result.mfu.ci95) if result.mfu else None,
     }
 
 
