@@ -557,3 +557,23 @@ def test_last_minor_release_compares_through_its_own_internals(tmp_path):
     for side in ("base", "head"):
         assert Path(sides[side]["b3core_path"]).is_relative_to(sides[side]["code"])
     assert record["cases"][0]["rounds"] >= 2
+
+
+@pytest.mark.untimed
+def test_a_side_whose_b3core_lacks_a_field_the_step_sets_refuses_it():
+    """An older revision's StepSpec would drop a field it does not know (from_dict ignores
+    unknown keys) and time another step; its worker refuses the step instead."""
+    from b3core.studies.compare import worker
+
+    class Endpoint:
+        def handle(self, request):
+            return {"ran": request["op"]}, None
+
+    spec = {"model": "simple_cnn", "batch_size": 2, "quantum_mode": "on"}
+    answer, failure = worker.handle(
+        Endpoint(), {"op": "prepare", "spec": spec, "set_fields": list(spec)}
+    )
+    assert failure is answer and answer["error"] == "bad_input"
+    assert "--quantum-mode" in answer["message"] and "--batch-size" not in answer["message"]
+    known = {"op": "prepare", "spec": spec, "set_fields": ["model", "batch_size"]}
+    assert worker.handle(Endpoint(), known) == ({"ran": "prepare"}, None)

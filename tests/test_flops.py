@@ -42,10 +42,10 @@ def test_a_language_model_shows_six_n_tokens_beside_the_count():
 def test_an_out_of_memory_while_counting_keeps_the_timed_result(monkeypatch):
     from b3core.measuring import runner
 
-    def out_of_memory(call, device):
+    def out_of_memory(*args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(runner, "count_flops", out_of_memory)
+    monkeypatch.setattr(runner, "count_step_flops", out_of_memory)
     result = measure(StepSpec("simple_cnn", B, device="cpu"), QUICK)
     assert result.flops_per_step is None and len(result.measurement.times) == 2
 
@@ -62,6 +62,8 @@ def test_an_out_of_memory_while_counting_keeps_the_timed_result(monkeypatch):
         ("NVIDIA A100-SXM4-40GB", "fp32", 19.5),
         ("NVIDIA L40S", "fp16", 362.05),
         ("NVIDIA L4", "bf16", 121),
+        ("NVIDIA L40", "bf16", None),  # neither an L40S nor an L4
+        ("NVIDIA A10G", "bf16", None),  # AWS's A10G is not the A10 of the datasheet
         ("Tesla T4", "bf16", None),  # no bf16 on a T4: no peak, rather than fp16's
         ("NVIDIA GeForce GTX 1080", "fp32", None),
     ],

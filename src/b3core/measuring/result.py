@@ -156,6 +156,7 @@ class StepResult:
     telemetry: dict | None = None
     flops_per_step: int | None = None  # counted by FlopCounterMode (measuring/flops.py)
     peak: Peak | None = None  # what MFU divides by (measuring/peaks.py)
+    recomputed_flops_per_step: int = 0  # of flops_per_step, activation checkpointing's
 
     @property
     def flops_per_s(self) -> float | None:
@@ -165,13 +166,32 @@ class StepResult:
         return self.flops_per_step * self.measurement.iterations_per_second
 
     @property
-    def mfu(self) -> Throughput | None:
-        """Model FLOPs utilisation, the achieved FLOP/s over the device's peak for the step's
-        precision, as a rate with the throughput's 95% interval (it scales with samples/s)."""
-        if self.flops_per_step is None or self.peak is None:
+    def model_flops_per_step(self) -> int | None:
+        """The model's FLOPs per step: those counted, less what checkpointing recomputed."""
+        if self.flops_per_step is None:
+            return None
+        return self.flops_per_step - self.recomputed_flops_per_step
+
+    def _utilisation(self, flops_per_step: int | None) -> Throughput | None:
+        if flops_per_step is None or self.peak is None:
             return None
         m = self.measurement
-        return m.throughput.scaled(self.flops_per_step / m.samples_per_step / self.peak.flops_per_s)
+        return m.throughput.scaled(flops_per_step / m.samples_per_step / self.peak.flops_per_s)
+
+    @property
+    def mfu(self) -> Throughput | None:
+        """Model FLOPs utilisation: the model's FLOP/s (recomputation not counted) over the
+        device's peak for the step's precision, as a rate with the throughput's 95% interval
+        (it scales with samples/s)."""
+        return self._utilisation(self.model_flops_per_step)
+
+    @property
+    def hfu(self) -> Throughput | None:
+        """Hardware FLOPs utilisation: every FLOP the device did, checkpointing's recomputation
+        included; None when nothing was recomputed (it equals MFU)."""
+        if not self.recomputed_flops_per_step:
+            return None
+        return self._utilisation(self.flops_per_step)
 
     @property
     def rule_of_thumb_flops(self) -> int | None:
@@ -254,6 +274,9 @@ class StepResult:
             "peak_flops_source": self.peak.source if self.peak else None,
             "mfu": self.mfu.samples_per_s if self.mfu else None,
             "mfu_ci95": list(self.mfu.ci95) if self.mfu else None,
+            "recomputed_flops_per_step": self.recomputed_flops_per_step,
+            "model_flops_per_step": self.model_flops_per_step,
+            "hfu": self.hfu.samples_per_s if self.hfu else None,
         }
 
     @classmethod
@@ -281,4 +304,5 @@ class StepResult:
             Peak(d["peak_flops_per_s"], d["peak_flops_source"])
             if d.get("peak_flops_per_s")
             else None,
+            int(d.get("recomputed_flops_per_step") or 0),
         )

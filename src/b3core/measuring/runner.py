@@ -22,7 +22,7 @@ import torch
 from b3core.errors import B3Error, StepOutOfMemory
 from b3core.measuring import distributed
 from b3core.measuring.clocks import block_steps_for, time_block
-from b3core.measuring.flops import count_flops
+from b3core.measuring.flops import count_step_flops
 from b3core.measuring.machine import device_name
 from b3core.measuring.memory import MemoryBudget, PeakMemoryTracker, release_memory
 from b3core.measuring.peaks import device_peak
@@ -257,16 +257,20 @@ def measure(
 
 
 def flop_figures(ready: ReadyStep, timing: Timing) -> dict:
-    """A StepResult's `flops_per_step` and `peak` (MFU's), found after the clock: the FLOPs of
-    one more step under the counter, and the device's peak for the precision (on CPU measured
-    once per machine). Empty with --no-flops, for a compiled step (its graph hides its
+    """A StepResult's `flops_per_step`, `recomputed_flops_per_step` and `peak` (MFU's), found
+    after the clock: the FLOPs of one more step under the counter, those of it that activation
+    checkpointing recomputed, and the device's peak for the precision (on CPU measured once
+    per machine). Empty with --no-flops, for a compiled step (its graph hides its
     operations from the counter) or when the counting step ran out of memory (the timed
     blocks are kept)."""
     spec = ready.workload.spec
     if not timing.flops or spec.compile:
         return {}
+    workload = ready.workload
     try:
-        flops = count_flops(ready.call, ready.device)
+        flops, recomputed = count_step_flops(
+            ready.call, workload.trainer.model, workload.forward, ready.device
+        )
     except Exception as exc:  # noqa: BLE001 - only an out-of-memory is absorbed
         if not is_out_of_memory(exc):
             raise
@@ -274,6 +278,7 @@ def flop_figures(ready: ReadyStep, timing: Timing) -> dict:
         return {}
     return {
         "flops_per_step": flops,
+        "recomputed_flops_per_step": recomputed,
         "peak": device_peak(ready.device, spec.precision, timing.peak_tflops),
     }
 

@@ -274,29 +274,39 @@ def flop_rate_text(flops_per_s: float) -> str:
 
 
 def flops_lines(r: StepResult) -> list[str]:
-    """The counted FLOPs and the rate they were done at; for a sequence model, 6·N·tokens
-    beside them and the difference (attention's L² products, and what the rule leaves out)."""
+    """The counted FLOPs and the rate they were done at; what checkpointing recomputed; for a
+    sequence model, 6·N·tokens beside the model's FLOPs and the difference (attention's L²
+    products, and what the rule leaves out); MFU (and HFU when something was recomputed)."""
     if r.flops_per_step is None:
         return []
     lines = [
         f"  FLOPs         {r.flops_per_step / 1e9:.4g} GFLOP per step (counted by torch's "
         f"FlopCounterMode), {flop_rate_text(r.flops_per_s)} achieved"
     ]
-    rule = r.rule_of_thumb_flops
+    if r.recomputed_flops_per_step:
+        lines.append(
+            f"  recomputed    {r.recomputed_flops_per_step / 1e9:.4g} GFLOP of them "
+            f"({r.recomputed_flops_per_step / r.flops_per_step:.1%}): the checkpointed modules' "
+            "forward pass again in backward; the model's own FLOPs are "
+            f"{r.model_flops_per_step / 1e9:.4g} GFLOP"
+        )
+    rule, model_flops = r.rule_of_thumb_flops, r.model_flops_per_step
     if rule:
         n = "6" if r.spec.mode == "train" else "2"
         lines.append(
             f"  {n}·N·tokens    {rule / 1e9:.4g} GFLOP per step; counted - rule: "
-            f"{(r.flops_per_step - rule) / 1e9:+.4g} GFLOP ({r.flops_per_step / rule - 1:+.1%}: "
+            f"{(model_flops - rule) / 1e9:+.4g} GFLOP ({model_flops / rule - 1:+.1%}: "
             "attention's L² products, less what N counts but no token multiplies)"
         )
-    if r.mfu is not None:
-        low, high = r.mfu.ci95
+    for name, share in (("MFU", r.mfu), ("HFU", r.hfu)):
+        if share is None:
+            continue
+        low, high = share.ci95
         lines.append(
-            f"  MFU           {r.mfu.samples_per_s:.1%} (95% CI {low:.1%} to {high:.1%}) of "
+            f"  {name}           {share.samples_per_s:.1%} (95% CI {low:.1%} to {high:.1%}) of "
             f"{flop_rate_text(r.peak.flops_per_s)} peak ({r.peak.source})"
         )
-    else:
+    if r.peak is None:
         lines.append(
             f"  MFU           not known: no peak FLOP/s for {r.device_name} in "
             f"{r.spec.precision} (give --peak-tflops)"

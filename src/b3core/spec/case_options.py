@@ -8,7 +8,15 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from b3core.spec.step import CLOCKS, DEVICE_CHOICES, PRECISIONS, PROFILES, Timing
+from b3core.spec.step import (
+    CHECKPOINTING,
+    CLOCKS,
+    DEVICE_CHOICES,
+    PRECISIONS,
+    PROFILES,
+    StepSpec,
+    Timing,
+)
 from b3core.spec.validate import parse_positive_int
 
 ENV_PREFIX = "B3_"
@@ -47,6 +55,13 @@ class CaseOptions:
     seq_lens: str | None = field(
         default=None,
         metadata=_help("the sequence models' lengths, e.g. 128,512 (default: each model's own)"),
+    )
+    activation_checkpointing: str | None = field(
+        default=None,
+        metadata=_help(
+            f"{'|'.join(CHECKPOINTING)}, for every training case "
+            f"(StepSpec's: {StepSpec.activation_checkpointing})"
+        ),
     )
     rounds: int | None = field(
         default=None, metadata=_help(f"timed rounds per case (Timing's: {Timing.repeats})")

@@ -29,6 +29,8 @@ OPTIMIZERS = ("adam", "sgd")
 CLOCKS = ("blocked", "per-step")
 PROFILES = ("quick", "b3", "full")  # the benchmark suites' case sets (suites/cases.py)
 INPUT_DTYPES = ("float32", "int64")  # images and features, or token ids below a vocabulary size
+# "blocks": each of the model's repeated blocks recomputed in backward; "all": the whole forward
+CHECKPOINTING = ("none", "blocks", "all")
 DATASETS = ("synthetic", "cifar10")  # what `b3 run` trains on; nothing is ever downloaded
 MIN_WARMUP = 2  # cuDNN autotuning, allocator growth and Adam's lazily created state
 DEFAULT_LR = 5e-4  # B3's Adam learning rate
@@ -144,6 +146,16 @@ class StepSpec(Record):
     channels_last: bool = field(
         default=False, metadata=option("--channels-last", action="store_true", help="NHWC input")
     )
+    activation_checkpointing: str = field(
+        default="none",
+        metadata=option(
+            "--activation-checkpointing",
+            choices=CHECKPOINTING,
+            help="recompute activations in the backward pass instead of keeping them: "
+            "blocks (each repeated block, e.g. ResNet's, a transformer's layers) or all "
+            "(torch.utils.checkpoint, use_reentrant=False)",
+        ),
+    )
     compile: bool = field(
         default=False,
         metadata=option(
@@ -205,6 +217,9 @@ class StepSpec(Record):
         require_choice("mode", self.mode, MODES)
         require_choice("precision", self.precision, PRECISIONS)
         require_choice("optimizer", self.optimizer, OPTIMIZERS)
+        require_choice("activation checkpointing", self.activation_checkpointing, CHECKPOINTING)
+        if self.mode == "inference" and self.activation_checkpointing != "none":
+            raise B3Error("--activation-checkpointing saves training memory; drop --inference")
         for name in ("image_size", "seq_len", "num_classes", "vocab_size"):
             if getattr(self, name) is not None:
                 require_positive_int(name.replace("_", " "), getattr(self, name))
@@ -224,6 +239,21 @@ class StepSpec(Record):
             raise B3Error(f"learning rate must be positive, got {self.lr}")
         if not isinstance(self.model, str) or not self.model:
             raise B3Error(f"model must be a name, got {self.model!r}")
+
+    def set_fields(self) -> list[str]:
+        """The fields this spec sets: those without a default, and those away from it."""
+        return [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.default is dataclasses.MISSING or getattr(self, f.name) != f.default
+        ]
+
+    def for_mode(self, mode: str) -> StepSpec:
+        """This configuration in `mode`; inference drops what only training has (accumulation,
+        activation checkpointing)."""
+        if mode == "train":
+            return self.replace(mode=mode)
+        return self.replace(mode=mode, accumulation_steps=1, activation_checkpointing="none")
 
     @property
     def samples_per_step(self) -> int:
@@ -246,6 +276,8 @@ class StepSpec(Record):
             parts.append(f"loss={self.loss}")
         if self.train_step:
             parts.append(f"step={self.train_step}")
+        if self.activation_checkpointing != "none":
+            parts.append(f"ckpt-{self.activation_checkpointing}")
         if self.channels_last:
             parts.append("cl")
         if self.compile:

@@ -81,8 +81,7 @@ class SweepPlan:
         return self.timing.replace(repeats=repeats, flops=self.timing.flops and pass_index == 0)
 
     def spec_for(self, unit: Unit) -> StepSpec:
-        acc = self.base.accumulation_steps if unit.mode == "train" else 1
-        return self.base.replace(batch_size=unit.batch_size, mode=unit.mode, accumulation_steps=acc)
+        return self.base.replace(batch_size=unit.batch_size).for_mode(unit.mode)
 
     def identity(self) -> dict:
         """What must match for `--resume` to continue this sweep rather than another."""

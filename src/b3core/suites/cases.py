@@ -113,6 +113,7 @@ class CaseGrid:
     # the models that take the grid's lengths: its sequence models (every model when models are
     # left unresolved, for compare's workers: the user named the lengths)
     sequence_models: frozenset[str] = frozenset()
+    activation_checkpointing: str = StepSpec.activation_checkpointing  # every training case's
 
     def lengths_of(self, model: str) -> tuple[int | None, ...]:
         """The lengths a model is timed at: the grid's for a sequence model, else its own."""
@@ -147,12 +148,12 @@ class CaseGrid:
             model=model,
             batch_size=batch_size,
             precision=precision,
-            accumulation_steps=accumulation_steps if mode == "train" else 1,
-            mode=mode,
+            accumulation_steps=accumulation_steps,
             image_size=self.profile.image_sizes.get(model),
             seq_len=seq_len,
             device=self.device,
-        )
+            activation_checkpointing=self.activation_checkpointing,
+        ).for_mode(mode)
 
 
 def case_grid(options: CaseOptions, *, resolve_models: bool = True) -> CaseGrid:
@@ -180,6 +181,7 @@ def case_grid(options: CaseOptions, *, resolve_models: bool = True) -> CaseGrid:
         tuple(accumulation),
         tuple(seq_lens),
         frozenset(sequence_models),
+        options.activation_checkpointing or StepSpec.activation_checkpointing,
     )
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from b3core.errors import B3Error
 from b3core.spec.step import StepSpec
+from b3core.workloads.checkpointing import apply_checkpointing
 from b3core.workloads.data import synthetic_batch
 from b3core.workloads.devices import check_precision, rank_device, resolve_device
 from b3core.workloads.info import WorkloadInfo
@@ -65,6 +66,7 @@ def prepare_training(step: ResolvedStep, seed: int = 0) -> Trainer:
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
     model = step.model.build(step.model_input)
     model = model.to(device=device, memory_format=memory_format).train()
+    model = apply_checkpointing(model, spec.activation_checkpointing, spec.model)
     if spec.compile:
         model = torch.compile(model)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -93,6 +95,9 @@ class Workload:
     trainer: Trainer
     call: Callable[[], object]
     info: WorkloadInfo
+    forward: Callable[[], object] | None = (
+        None  # one micro-batch's forward pass, as the step runs it
+    )
 
 
 def build_workload(step: ResolvedStep, seed: int = 0) -> Workload:
@@ -114,10 +119,15 @@ def build_workload(step: ResolvedStep, seed: int = 0) -> Workload:
         package=model.package,
         version=model.version,
     )
+
+    def forward():
+        with trainer.autocast():
+            return trainer.model(inputs)
+
     if spec.mode == "inference":
         trainer.model.eval()
-        return Workload(spec, trainer, lambda: trainer.infer(inputs), info)
+        return Workload(spec, trainer, lambda: trainer.infer(inputs), info, forward)
     # The same device batch serves every micro-batch: the arithmetic is identical, memory is not
     # spent on k copies of the input, and nothing is loaded inside the timed region.
     micro_batches = [(inputs, targets)] * spec.accumulation_steps
-    return Workload(spec, trainer, lambda: trainer.step(micro_batches), info)
+    return Workload(spec, trainer, lambda: trainer.step(micro_batches), info, forward)

@@ -205,12 +205,16 @@ def vit_tiny(num_classes: int, image_size: int) -> nn.Module:
 def simple_cnn(num_classes: int, image_size: int) -> nn.Module:
     """The tutorial's CNN: Conv(3,16,3), ReLU, MaxPool(2), Linear(16*16*16, classes) at 32x32."""
     half = image_size // 2
+    features = nn.Sequential(nn.Conv2d(3, 16, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    model = nn.Sequential(features, nn.Flatten(), nn.Linear(16 * half * half, num_classes))
+    model.b3_checkpoint_blocks = (features,)  # its one block (workloads/checkpointing.py)
+    return model
+
+
+def _conv_block(c_in: int, c_out: int, activation: nn.Module, *after: nn.Module) -> nn.Sequential:
+    """Conv 3x3, BatchNorm, the activation and what follows: one of a CNN's blocks."""
     return nn.Sequential(
-        nn.Conv2d(3, 16, kernel_size=3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16 * half * half, num_classes),
+        nn.Conv2d(c_in, c_out, kernel_size=3, padding=1), nn.BatchNorm2d(c_out), activation, *after
     )
 
 
@@ -219,13 +223,8 @@ def small_bn_cnn(num_classes: int, image_size: int) -> nn.Module:
     """Two conv-BatchNorm-ReLU blocks, global average pooling and a linear head: a small CNN
     with BatchNorm (for Ghost BatchNorm) that trains on any image of 8x8 and up (b3 converge)."""
     return nn.Sequential(
-        nn.Conv2d(3, 32, kernel_size=3, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, kernel_size=3, padding=1),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
+        _conv_block(3, 32, nn.ReLU(), nn.MaxPool2d(2)),
+        _conv_block(32, 64, nn.ReLU()),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(64, num_classes),
@@ -236,15 +235,12 @@ def small_bn_cnn(num_classes: int, image_size: int) -> nn.Module:
 def tanh_cnn(num_classes: int, image_size: int) -> nn.Module:
     """The 2019 blog's CNN for 256x256x3: a conv, four (conv, BN, tanh, max-pool) blocks, 3 FC."""
     widths = [32, 32, 64, 128, 128]
-    blocks: list[nn.Module] = [nn.Conv2d(3, widths[0], kernel_size=3, padding=1)]
-    for c_in, c_out in zip(widths, widths[1:]):
-        blocks += [
-            nn.Conv2d(c_in, c_out, kernel_size=3, padding=1),
-            nn.BatchNorm2d(c_out),
-            nn.Tanh(),
-            nn.MaxPool2d(2),
-        ]
+    blocks = [
+        _conv_block(c_in, c_out, nn.Tanh(), nn.MaxPool2d(2))
+        for c_in, c_out in zip(widths, widths[1:])
+    ]
     return nn.Sequential(
+        nn.Conv2d(3, widths[0], kernel_size=3, padding=1),
         *blocks,
         nn.AdaptiveAvgPool2d(4),
         nn.Flatten(),

@@ -80,7 +80,11 @@ def _run_epoch(
     epoch["prepared"] = list(prepare_order)
     for side in epoch["prepared"]:
         reply = workers[side].ask(
-            "prepare", spec=out.spec.to_dict(), warmup=settings.warmup, seed=0
+            "prepare",
+            spec=out.spec.to_dict(),
+            set_fields=out.spec.set_fields(),
+            warmup=settings.warmup,
+            seed=0,
         )
         if "model_module" in reply:
             workers[side].side.check_imported(reply["model_module"], reply["model_file"])

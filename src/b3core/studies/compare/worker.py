@@ -152,13 +152,41 @@ def endpoint_class():
     return StepEndpoint
 
 
+def fields_unknown_here(set_fields) -> list[str]:
+    """The step's fields, set away from their defaults, that this side's StepSpec lacks: its
+    b3core would drop them and build another step than the one asked for."""
+    if not set_fields:
+        return []
+    import dataclasses
+
+    from b3core.spec.step import StepSpec
+
+    known = {f.name for f in dataclasses.fields(StepSpec)}
+    return [name for name in set_fields if name not in known]
+
+
+def handle(endpoint, request: dict) -> tuple[dict, dict | None]:
+    """The endpoint's answer to a request (and the failure it answered, or None); a step with a
+    field this side does not know is refused here, for every version of the endpoint."""
+    unknown = fields_unknown_here(request.pop("set_fields", ()))
+    if not unknown:
+        return endpoint.handle(request)
+    flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
+    failure = {
+        "error": "bad_input",
+        "message": f"this revision's b3core does not take {flags}: it would time another step "
+        "(compare revisions that both have it, or leave it out)",
+    }
+    return failure, failure
+
+
 def serve(endpoint, requests, answers) -> int:
     """Answer requests until `exit` or their end; the worker outlives a failed request."""
     for line in requests:
         request = json.loads(line)
         if request["op"] == "exit":
             break
-        answer, failure = endpoint.handle(request)
+        answer, failure = handle(endpoint, request)
         if failure is not None:
             print(f"b3 worker: {request['op']}: {answer['message']}", file=sys.stderr, flush=True)
         answers.write(json.dumps(answer, default=str) + "\n")
@@ -366,7 +394,7 @@ def serve_rank(device: str) -> int:
         dist.broadcast_object_list(request, src=0, group=control)
         if request[0]["op"] == "exit":
             break
-        answer, failure = endpoint.handle(request[0])
+        answer, failure = handle(endpoint, request[0])
         if failure is not None:
             _end_rank(answer)
         if first:
