@@ -238,3 +238,15 @@ def test_reports_are_written_once_at_the_end_not_between_units(tmp_path, monkeyp
     argv = "sweep --batch-sizes 8,16 --repeats 4 --passes 2 --clock per-step --device cpu --out"
     assert main([*argv.split(), str(tmp_path / "s")]) == 0
     assert writes == [1]
+
+
+def test_a_sweep_times_the_training_steps_phases_in_its_first_pass_only(tmp_path):
+    timing = Timing(repeats=4, clock="per-step", telemetry=False, flops=False, phases=True)
+    p = plan(batch_sizes=(4,), timing=timing, inference=True)
+    result = run_sweep(p, SweepLog.open(tmp_path, p, resume=False, machine=MACHINE))
+    (train,) = result.for_mode("train")
+    assert set(train.phases.times) == {"forward", "backward", "optimizer"}
+    assert result.for_mode("inference")[0].phases is None
+    _, units = read_log(tmp_path / LOG_NAME)
+    phased = [k for k, r in units.items() if r["result"].get("phases")]
+    assert phased == [k for k in units if k[0] == "train" and k[2] == 0]

@@ -48,7 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_fields_as_options(
         p,
         Timing,
-        skip=("repeats", "block_steps", "telemetry", "flops", "peak_tflops", "discard_throttled"),
+        skip=(
+            "repeats",
+            "block_steps",
+            "telemetry",
+            "flops",
+            "phases",
+            "peak_tflops",
+            "discard_throttled",
+        ),
     )
     add_fields_as_options(p, CompareSettings)
     renamed(p, "--min-epochs", "--min-rounds")

@@ -7,6 +7,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
+import numpy as np
+
 from b3core.measuring.stats import Measurement, Throughput
 from b3core.spec.step import StepSpec
 from b3core.workloads.info import WorkloadInfo
@@ -57,6 +59,52 @@ class Peak:
 
     flops_per_s: float
     source: str
+
+
+PHASE_NOISE_FLOOR = 0.05  # phases within 5% of the plain step add up, however quiet the run
+PHASE_NAMES = {
+    "forward": "forward + loss",
+    "backward": "backward",
+    "all_reduce": "all-reduce wait",
+    "optimizer": "optimizer step",
+}
+
+
+@dataclass(frozen=True)
+class PhaseTimes:
+    """Where a training step's time goes, from a separate pass after the clock: each phase's
+    seconds in each phased step (a phase that runs once per micro-batch, summed over them),
+    and each phased step's whole time. Under DDP the all-reduce wait is the backward pass's
+    time with the all-reduce less without it (DDP's no_sync), step by step in pairs."""
+
+    times: dict[str, tuple[float, ...]]
+    step_times: tuple[float, ...]
+    method: str
+
+    def median(self, phase: str) -> float:
+        return statistics.median(self.times[phase])
+
+    @property
+    def total(self) -> float:
+        """The phases' medians added up."""
+        return sum(self.median(phase) for phase in self.times)
+
+    def share(self, phase: str) -> float:
+        return self.median(phase) / self.total
+
+    def to_dict(self) -> dict:
+        return {
+            "times": {phase: list(times) for phase, times in self.times.items()},
+            "step_times": list(self.step_times),
+            "method": self.method,
+            "median_s": {phase: self.median(phase) for phase in self.times},
+            "share": {phase: self.share(phase) for phase in self.times},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PhaseTimes:
+        times = {phase: tuple(values) for phase, values in d["times"].items()}
+        return cls(times, tuple(d["step_times"]), d["method"])
 
 
 @dataclass(frozen=True)
@@ -157,6 +205,7 @@ class StepResult:
     flops_per_step: int | None = None  # counted by FlopCounterMode (measuring/flops.py)
     peak: Peak | None = None  # what MFU divides by (measuring/peaks.py)
     recomputed_flops_per_step: int = 0  # of flops_per_step, activation checkpointing's
+    phases: PhaseTimes | None = None  # --phases: where a training step's time goes
 
     @property
     def flops_per_s(self) -> float | None:
@@ -203,6 +252,20 @@ class StepResult:
             return None
         per_token = 6 if self.spec.mode == "train" else 2
         return per_token * self.workload.parameters * tokens * self.spec.samples_per_step
+
+    @property
+    def phase_gap(self) -> tuple[float, float] | None:
+        """(the phases' medians added up over the plain step's median, less 1; the noise it is
+        judged against): the noise is the larger of PHASE_NOISE_FLOOR and the plain and
+        phased steps' relative IQRs."""
+        if self.phases is None:
+            return None
+        plain = self.measurement.time
+        phased = np.percentile(self.phases.step_times, [25, 50, 75])
+        noise = max(
+            PHASE_NOISE_FLOOR, plain.iqr / plain.median, (phased[2] - phased[0]) / phased[1]
+        )
+        return self.phases.total / plain.median - 1, noise
 
     @property
     def contended(self) -> bool:
@@ -277,6 +340,7 @@ class StepResult:
             "recomputed_flops_per_step": self.recomputed_flops_per_step,
             "model_flops_per_step": self.model_flops_per_step,
             "hfu": self.hfu.samples_per_s if self.hfu else None,
+            "phases": self.phases.to_dict() if self.phases else None,
         }
 
     @classmethod
@@ -305,4 +369,5 @@ class StepResult:
             if d.get("peak_flops_per_s")
             else None,
             int(d.get("recomputed_flops_per_step") or 0),
+            PhaseTimes.from_dict(d["phases"]) if d.get("phases") else None,
         )

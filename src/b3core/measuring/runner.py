@@ -26,6 +26,7 @@ from b3core.measuring.flops import count_step_flops
 from b3core.measuring.machine import device_name
 from b3core.measuring.memory import MemoryBudget, PeakMemoryTracker, release_memory
 from b3core.measuring.peaks import device_peak
+from b3core.measuring.phases import time_phases
 from b3core.measuring.protocol import is_out_of_memory
 from b3core.measuring.result import DistributedInfo, PeakMemory, StepResult, Warmup
 from b3core.measuring.stats import Measurement
@@ -210,6 +211,10 @@ def measure(
     spec = step.spec
     if timing.discard_throttled:
         require_throttle_readings(step.device)
+    if timing.phases and spec.train_step:
+        raise B3Error("--phases needs b3's own training step, not --train-step's")
+    if timing.phases and spec.mode == "inference":
+        raise B3Error("--phases splits a training step; an inference step is one forward pass")
 
     def timed(ready: ReadyStep):
         rank = distributed.current()
@@ -232,7 +237,10 @@ def measure(
             comm_share = _comm_share(ready, k)
         measured = Measurement(tuple(times), samples, k, timing.clock)
         skipped = ready.skipped_updates - skipped
-        return measured, skipped, rank_times, comm_share, telemetry, flop_figures(ready, timing)
+        extra = flop_figures(ready, timing)
+        if timing.phases:
+            extra["phases"] = time_phases(ready.workload, ready.device, timing.repeats)
+        return measured, skipped, rank_times, comm_share, telemetry, extra
 
     run = run_guarded(step, timed, warmup=timing.warmup, memory_budget=memory_budget, seed=seed)
     measured, skipped, rank_times, comm_share, telemetry, flops = run.value

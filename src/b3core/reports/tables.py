@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from b3core.measuring.result import StepResult
+from b3core.measuring.result import PHASE_NAMES, StepResult
 from b3core.measuring.stats import QUARTILES, Measurement, Summary, Throughput
 
 if TYPE_CHECKING:  # a record only: loading results never imports torch
@@ -94,6 +94,12 @@ def results_frame(results: Iterable[StepResult], source: str | None = None) -> p
                 else None,
                 "flops_per_step": r.flops_per_step,
                 "gflops_per_s": r.flops_per_s / 1e9 if r.flops_per_s else None,
+                **{
+                    f"{phase}_share": r.phases.share(phase)
+                    if r.phases and phase in r.phases.times
+                    else None
+                    for phase in PHASE_NAMES
+                },
                 "mfu": r.mfu.samples_per_s if r.mfu else None,
                 "mfu_ci95_low": r.mfu.ci95[0] if r.mfu else None,
                 "mfu_ci95_high": r.mfu.ci95[1] if r.mfu else None,
@@ -169,6 +175,18 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
             [
                 with_ci(Throughput(rate, (low, high), 0, 0.0)) if pd.notna(rate) else ""
                 for rate, low, high in rates
+            ],
+        )
+    phased = [p for p in PHASE_NAMES if frame[f"{p}_share"].notna().any()]
+    if phased:
+        shown.insert(
+            shown.columns.get_loc("peak MiB"),
+            "/".join(SHORT_PHASE_NAMES[p] for p in phased) + " %",
+            [
+                "/".join(f"{100 * row[f'{p}_share']:.0f}" for p in phased)
+                if pd.notna(row[f"{phased[0]}_share"])
+                else ""
+                for _, row in frame.iterrows()
             ],
         )
     if frame["mfu"].notna().any():
@@ -314,6 +332,29 @@ def flops_lines(r: StepResult) -> list[str]:
     return lines
 
 
+SHORT_PHASE_NAMES = {"forward": "fwd", "backward": "bwd", "all_reduce": "comm", "optimizer": "opt"}
+
+
+def phase_lines(r: StepResult) -> list[str]:
+    """Each phase's median and share, and whether they add up to the plain step."""
+    if r.phases is None:
+        return []
+    p = r.phases
+    lines = [f"  phases        {len(p.step_times)} phased steps after the timed ones ({p.method}):"]
+    for phase in p.times:
+        lines.append(
+            f"    {PHASE_NAMES[phase]:<16} {p.median(phase) * 1e3:9.4g} ms median  "
+            f"{p.share(phase):6.1%}"
+        )
+    gap, noise = r.phase_gap
+    verdict = "within the noise" if abs(gap) <= noise else "NOT within the noise"
+    lines.append(
+        f"    {'added up':<16} {p.total * 1e3:9.4g} ms; the plain step's median "
+        f"{r.measurement.time.median * 1e3:.4g} ms ({gap:+.1%}: {verdict}, ±{noise:.0%})"
+    )
+    return lines
+
+
 def describe_step_result(r: StepResult) -> str:
     m = r.measurement
     t, rate = m.time, m.throughput
@@ -337,6 +378,7 @@ def describe_step_result(r: StepResult) -> str:
         ),
         f"  peak memory   {r.memory.peak_bytes / MiB:.0f} MiB ({r.memory.source})",
         *flops_lines(r),
+        *phase_lines(r),
     ]
     if r.distributed:
         d = r.distributed

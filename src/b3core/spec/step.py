@@ -342,6 +342,15 @@ class Timing(Record):
             "more step, after the timed ones)",
         ),
     )
+    phases: bool = field(
+        default=False,
+        metadata=option(
+            "--phases",
+            action="store_true",
+            help="also time forward+loss, backward, the optimizer step (and under DDP the "
+            "all-reduce wait) in a separate pass after the timed one",
+        ),
+    )
     peak_tflops: float | None = field(
         default=None,
         metadata=option(

@@ -74,11 +74,16 @@ class SweepPlan:
             order += units
         return order
 
-    def timing_in_pass(self, pass_index: int) -> Timing:
+    def timing_in_pass(self, pass_index: int, mode: str = "train") -> Timing:
         base, extra = divmod(self.timing.repeats, self.passes)
         repeats = base + (1 if pass_index < extra else 0)
-        # a size's FLOPs are the same in every pass: counted in the first only
-        return self.timing.replace(repeats=repeats, flops=self.timing.flops and pass_index == 0)
+        # a size's FLOPs and phases are the same in every pass: found in the first only
+        first = pass_index == 0
+        return self.timing.replace(
+            repeats=repeats,
+            flops=self.timing.flops and first,
+            phases=self.timing.phases and first and mode == "train",
+        )
 
     def spec_for(self, unit: Unit) -> StepSpec:
         return self.base.replace(batch_size=unit.batch_size).for_mode(unit.mode)
@@ -254,6 +259,8 @@ def aggregate(records: Iterable[dict]) -> SweepResult:
                 telemetry=merge_summaries([r.telemetry for r in measured]),
                 flops_per_step=counted.flops_per_step if counted else None,
                 peak=counted.peak if counted else None,
+                recomputed_flops_per_step=counted.recomputed_flops_per_step if counted else 0,
+                phases=next((r.phases for r in measured if r.phases), None),
             )
         )
     return result
@@ -285,7 +292,7 @@ def run_sweep(
                 on_unit(unit, None)
             continue
         try:
-            timing = plan.timing_in_pass(unit.pass_index)
+            timing = plan.timing_in_pass(unit.pass_index, unit.mode)
             if timing.clock == "blocked" and (unit.mode, unit.batch_size) in block_steps:
                 timing = timing.replace(block_steps=block_steps[(unit.mode, unit.batch_size)])
             result = measure_maybe_isolated(

@@ -95,9 +95,9 @@ class Workload:
     trainer: Trainer
     call: Callable[[], object]
     info: WorkloadInfo
-    forward: Callable[[], object] | None = (
-        None  # one micro-batch's forward pass, as the step runs it
-    )
+    forward: Callable[[], object] | None = None  # one micro-batch's forward, as the step's
+    # the training step with its phases marked (train_step's `mark`); None for inference
+    marked_call: Callable[[Callable[[str], None]], object] | None = None
 
 
 def build_workload(step: ResolvedStep, seed: int = 0) -> Workload:
@@ -130,4 +130,11 @@ def build_workload(step: ResolvedStep, seed: int = 0) -> Workload:
     # The same device batch serves every micro-batch: the arithmetic is identical, memory is not
     # spent on k copies of the input, and nothing is loaded inside the timed region.
     micro_batches = [(inputs, targets)] * spec.accumulation_steps
-    return Workload(spec, trainer, lambda: trainer.step(micro_batches), info, forward)
+    return Workload(
+        spec,
+        trainer,
+        lambda: trainer.step(micro_batches),
+        info,
+        forward,
+        lambda mark: trainer.step(micro_batches, mark=mark),
+    )

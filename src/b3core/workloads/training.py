@@ -64,6 +64,7 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     no_sync: Callable[[], ContextManager] | None = None,
     after_backward: Callable[[int, float], None] | None = None,
+    mark: Callable[[str], None] | None = None,
 ) -> torch.Tensor:
     """One optimizer update over an accumulation window of micro-batches.
 
@@ -71,9 +72,12 @@ def train_step(
     update equals one step on the concatenated batch even when micro-batches differ in size.
     `no_sync` (a DDP model's) skips the gradient all-reduce on every micro-batch but the last.
     `after_backward(i, weight)` runs after micro-batch i's backward (weight: its share), before
-    the optimizer step: the gradient noise scale's probe. Returns the window's mean loss as a
-    device tensor, so that no host sync happens here.
+    the optimizer step: the gradient noise scale's probe. `mark(phase)` is called as each
+    phase ends ("forward" with the loss, "backward", "optimizer"): the phase clock's
+    (measuring/phases.py). Returns the window's mean loss as a device tensor, so that no host
+    sync happens here.
     """
+    mark = mark or _no_mark
     window_samples = sum(len(targets) for _, targets in micro_batches)
     last = len(micro_batches) - 1
     total_loss = None
@@ -85,7 +89,9 @@ def train_step(
                 loss = loss_fn(model(inputs), targets)
                 if last:  # a window of one needs no weighting
                     loss = loss * weight
+            mark("forward")
             (scaler.scale(loss) if scaler is not None else loss).backward()
+            mark("backward")
         if after_backward is not None:
             after_backward(i, weight)
         total_loss = loss.detach() if total_loss is None else total_loss + loss.detach()
@@ -96,7 +102,12 @@ def train_step(
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    mark("optimizer")
     return total_loss
+
+
+def _no_mark(phase: str) -> None:
+    pass
 
 
 def inference_step(
@@ -144,7 +155,10 @@ class Trainer:
     def skipped_updates(self) -> int:
         return self.attempted_updates - self.applied_updates
 
-    def step(self, micro_batches: Sequence[Batch]) -> object:
+    def step(
+        self, micro_batches: Sequence[Batch], mark: Callable[[str], None] | None = None
+    ) -> object:
+        """One optimizer update; `mark` as train_step's (b3's own step only)."""
         if self.counts_updates:
             self.attempted_updates += 1
         if self.custom_step is not None:
@@ -158,6 +172,7 @@ class Trainer:
             scaler=self.scaler,
             no_sync=self.no_sync,
             after_backward=self.after_backward,
+            mark=mark,
         )
 
     def infer(self, inputs: torch.Tensor) -> torch.Tensor:
