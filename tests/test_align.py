@@ -138,7 +138,7 @@ def test_every_epoch_is_a_fresh_worker_that_is_retired_after_it():
     assert len(started) == run.epochs and all(w.retired and w.closed for w in started)
     epochs = {b["epoch"] for b in run.blocks}
     assert epochs == set(range(run.epochs))
-    sizes = {(b["epoch"], b["cycle"], b["size"]) for b in run.blocks}
+    sizes = {(b["epoch"], b["cycle"], b["unit"]) for b in run.blocks}
     assert len(sizes) == len(run.blocks)  # each size once per cycle
     assert run.worker["b3core_version"] == "test"
 
@@ -173,7 +173,7 @@ def test_a_worker_that_dies_mid_run_loses_no_epoch_already_timed(monkeypatch, tm
     proc = b3_here("align", *argv, "--device", "cpu")
     assert proc.returncode == 2 and "worker died" in proc.stderr
     record = json.loads(out.read_text())
-    assert record["epochs"] == 1 and {b["size"] for b in record["blocks"]} == {15, 16, 17}
+    assert record["epochs"] == 1 and {b["unit"] for b in record["blocks"]} == {"15", "16", "17"}
 
 
 @pytest.mark.parametrize(
@@ -204,8 +204,8 @@ def test_b3_align_end_to_end(tmp_path):
     )  # fmt: skip
     assert proc.returncode in (0, 3), proc.stdout + proc.stderr
     record = json.loads(out.read_text())
-    assert record["format"] == "b3/align/1" and record["sizes"] == [7, 8, 9]
-    assert record["epochs"] >= 2 and {b["size"] for b in record["blocks"]} == {7, 8, 9}
+    assert record["format"] == "b3/align/2" and record["sizes"] == [7, 8, 9]
+    assert record["epochs"] >= 2 and {b["unit"] for b in record["blocks"]} == {"7", "8", "9"}
     verdicts = {c["verdict"] for c in record["comparisons"]}
     assert verdicts <= {"faster", "slower", "equivalent", "inconclusive"}
     assert record["worker"]["endpoint_version"] >= 2

@@ -48,7 +48,6 @@ def cmd_align(args: argparse.Namespace) -> int:
     from b3core.studies.align import (
         AlignRun,
         AlignSettings,
-        NeighbourVerdict,
         comparisons_around,
         fresh_worker,
         run_align,
@@ -62,7 +61,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, batch_size=pairs[0][0], mode="train")
     get_model_spec(spec.model)  # an unknown model is one line, before any process starts
     check_writable(args, "json", "plot")
-    out = AlignRun(spec, settings, [NeighbourVerdict(a, n, settings.margin) for a, n in pairs])
+    out = AlignRun.around(spec, settings, pairs)
     print(
         f"b3 align: {spec.model} on {spec.device}, sizes {', '.join(map(str, out.sizes))}: "
         f"{len(pairs)} comparisons, up to {settings.max_time_s:g} s",
