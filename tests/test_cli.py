@@ -147,8 +147,8 @@ def test_step_options_are_the_spec_fields(capsys):
     args = build_parser().parse_args(argv.split()[0:])
     spec, timing = spec_from_args(args), timing_from_args(args)
     assert spec == StepSpec(
-        "resnet18", 4, "bf16", 3, "inference", 64, None, 7, "sgd", 0.1, True, True, False, "cpu",
-        None, "int64", 50, "m:loss", "m:step",
+        "resnet18", 4, "bf16", 3, "inference", 64, None, 7, "sgd", 0.1, True, "none", True, False,
+        "cpu", None, "int64", 50, "m:loss", "m:step",
     )  # fmt: skip
     shaped = build_parser().parse_args("step --batch-size 4 --input-shape 3X8*8".split())
     assert spec_from_args(shaped).input_shape == "3x8x8"

@@ -8,11 +8,13 @@ from pathlib import Path
 
 from b3core.errors import B3Error
 from b3core.spec.formats import upgraded
-from b3core.studies.lr_rules import RULES
+from b3core.studies.lr_rules import LrRequest
 
 from .options import (
+    add_fields_as_options,
     memory_size,
     positive_int,
+    record_args,
     write_json,
 )
 
@@ -23,10 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--find-max", default=None, help="a `b3 find-max-batch --json` file")
     p.add_argument("--memory-budget", type=memory_size, default=None)
     p.add_argument("--batch", type=positive_int, default=None, help="the batch to advise on")
-    p.add_argument("--base-lr", type=float, default=None, help="reference learning rate")
-    p.add_argument("--base-batch", type=positive_int, default=128, help="its batch size")
-    p.add_argument("--lr-rule", choices=RULES, default=RULES[0])
-    p.add_argument("--dataset-size", type=positive_int, default=None, help="for warm-up steps")
+    add_fields_as_options(p, LrRequest)
     p.add_argument(
         "--target-batch",
         type=positive_int,
@@ -46,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_advise(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from b3core.studies.advise import LrRequest, advise
+    from b3core.studies.advise import advise
     from b3core.studies.sweep import aggregate, read_log
 
     header, records = read_log(Path(args.sweep) / "sweep.jsonl")
@@ -60,11 +59,8 @@ def cmd_advise(args: argparse.Namespace) -> int:
     gpus = header.get("machine", {}).get("gpus") or []
     if budget is None and gpus:
         budget = gpus[0]["memory_bytes"]
-    lr = (
-        LrRequest(args.base_lr, args.base_batch, args.lr_rule, args.dataset_size)
-        if args.base_lr
-        else None
-    )
+    lr = LrRequest(**record_args(LrRequest, args))
+    lr = lr if lr.base_lr else None
     advice = advise(
         sweep,
         memory_fit=sweep.memory_fit("train"),

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 
 from b3core.spec.sizes import is_power_of_two
 from b3core.studies.alignment import log_ratio_interval
-from b3core.studies.lr_rules import accumulation_for, scale_lr, warmup_steps
+from b3core.studies.lr_rules import (  # noqa: F401 - LrRequest: advise's input
+    LrRequest,
+    accumulation_for,
+    scale_lr,
+    warmup_steps,
+)
 from b3core.studies.memory_model import MemoryFit
 from b3core.studies.sweep import SweepResult
 
@@ -43,14 +48,6 @@ class Lead:
         if not self.within_noise:
             return lead
         return f"{lead}: within the noise, so {self.tie_winner} is chosen for {self.tie_break}"
-
-
-@dataclass(frozen=True)
-class LrRequest:
-    base_lr: float
-    base_batch: int
-    rule: str = "linear"
-    dataset_size: int | None = None
 
 
 @dataclass(frozen=True)

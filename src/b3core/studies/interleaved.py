@@ -35,7 +35,7 @@ from scipy import stats as sps
 from b3core.spec.step import MIN_WARMUP, Record, StepSpec, option
 from b3core.spec.validate import parse_fraction, parse_positive_int, parse_seconds
 from b3core.studies.alignment import DEFAULT_MARGIN, relative_verdict
-from b3core.studies.compare.interleave import block_shape
+from b3core.studies.compare.interleave import MIN_CALLS_PER_BLOCK, block_shape
 from b3core.studies.compare.verdict import LookPlan, hodges_lehmann
 from b3core.studies.compare.workers import CaseFailed
 
@@ -174,6 +174,9 @@ class InterleavedRun:
     elapsed_s: float = 0.0
     worker: dict = field(default_factory=dict)  # the first worker's hello: b3core, machine
     failure: str | None = None
+    # a block's fewest calls: several give its median meaning; units of seconds each (a plan's
+    # whole updates of N samples) take one
+    min_calls_per_block: int = MIN_CALLS_PER_BLOCK
 
     @property
     def exit_code(self) -> int:
@@ -229,7 +232,8 @@ def _run_epoch(worker: InterleaveWorker, out: InterleavedRun, rng: random.Random
     for name in rng.sample(names, len(names)):
         spec = out.units[name].to_dict()
         reply = ask(name, "prepare", spec=spec, warmup=settings.warmup, seed=0)
-        out.shapes.setdefault(name, block_shape(reply["step_s"], "blocked"))
+        shape = block_shape(reply["step_s"], "blocked", out.min_calls_per_block)
+        out.shapes.setdefault(name, shape)
     for name in rng.sample(names, len(names)):
         ask(name, "block", calls=1, steps=out.shapes[name][0])
     rates: dict[str, list[float]] = {name: [] for name in names}
@@ -295,9 +299,10 @@ def run_interleaved(
     return out
 
 
-def fresh_worker() -> InterleaveWorker:
+def fresh_worker(world=None) -> InterleaveWorker:
     """A fresh interpreter of this b3core, which imports the user's code from the current
-    folder (its src/ if it has one), as compare's workers do."""
+    folder (its src/ if it has one), as compare's workers do; a torchrun world of ranks given
+    a compare World."""
     import sys
     from pathlib import Path
 
@@ -305,5 +310,5 @@ def fresh_worker() -> InterleaveWorker:
     from b3core.studies.compare.sides import WORKTREE, Side, SideSpec
     from b3core.studies.compare.workers import ExecWorker
 
-    return ExecWorker(Side(SideSpec("interleaved", WORKTREE, sys.executable), Path.cwd(), None),
-                      env=dict(FIXED_MALLOC))  # fmt: skip
+    side = Side(SideSpec("interleaved", WORKTREE, sys.executable), Path.cwd(), None)
+    return ExecWorker(side, world, env=dict(FIXED_MALLOC))

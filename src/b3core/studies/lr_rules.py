@@ -8,12 +8,37 @@ sqrt(B / B_ref). Either is a starting point: validate accuracy after changing th
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 from b3core.errors import B3Error
-from b3core.spec.validate import require_choice
+from b3core.spec.step import Record, option
+from b3core.spec.validate import parse_number, parse_positive, require_choice
 
 RULES = ("linear", "sqrt")
 GOYAL_WARMUP_EPOCHS = 5
+
+
+@dataclass(frozen=True)
+class LrRequest(Record):
+    """A reference learning rate and the batch it was tuned at, to scale to a new batch."""
+
+    base_lr: float | None = field(
+        default=None,
+        metadata=option("--base-lr", parse=parse_number, help="reference learning rate"),
+    )
+    base_batch: int = field(
+        default=128,
+        metadata=option("--base-batch", parse=parse_positive, help="its batch size"),
+    )
+    rule: str = field(
+        default=RULES[0], metadata=option("--lr-rule", choices=RULES, help="scaling rule")
+    )
+    dataset_size: int | None = field(
+        default=None,
+        metadata=option(
+            "--dataset-size", parse=parse_positive, help="samples per epoch, for warm-up steps"
+        ),
+    )
 
 
 def scale_lr(base_lr: float, base_batch: int, batch: int, rule: str = "linear") -> float:

@@ -56,12 +56,12 @@ def pair_orders(rng: random.Random):
         yield from two
 
 
-def block_shape(step_s: float, clock: str) -> tuple[int, int]:
+def block_shape(step_s: float, clock: str, min_calls: int = MIN_CALLS_PER_BLOCK) -> tuple[int, int]:
     """(steps per timed call, calls per block) for a step of step_s seconds."""
     steps = 1 if clock == "per-step" else block_steps_for(step_s)
     per_call = max(step_s * steps, 1e-9)
     calls = math.ceil(BLOCK_SECONDS / per_call)
-    return steps, max(MIN_CALLS_PER_BLOCK, min(MAX_CALLS_PER_BLOCK, calls))
+    return steps, max(min_calls, min(MAX_CALLS_PER_BLOCK, calls))
 
 
 def _run_epoch(
