@@ -211,3 +211,16 @@ def test_b3_align_end_to_end(tmp_path):
     assert record["worker"]["endpoint_version"] >= 2
     assert "On this device, simple_cnn" in proc.stdout and "decision interval" in proc.stdout
     assert (tmp_path / "align.png").stat().st_size > 0
+
+
+def test_an_interval_clear_of_no_difference_but_into_the_margin_says_both():
+    """Four outcomes, not three: a difference shown but not beyond the margin is said so."""
+    from b3core.studies.interleaved import Comparison
+
+    c = Comparison("128", "127", 0.02)
+    c.ratio, c.ci, c.verdict = 1.04, (1.011, 1.079), "inconclusive"
+    assert c.describe() == (
+        "128 is faster than 127 (+1.1% to +7.9%), but not shown to be by more than the ±2% margin"
+    )
+    c.ci = (0.95, 1.079)
+    assert "could not be ruled out" in c.describe()

@@ -40,9 +40,9 @@ def test_the_candidates_are_every_micro_batch_that_makes_the_global_batch():
         candidates_for(BASE, 0, 1, FP32, 64)
 
 
-def test_the_probes_are_a_third_and_two_thirds_up_the_micro_batches():
-    assert probe_sizes([256, 128, 64, 32, 16, 8, 4]) == (16, 64)
-    assert probe_sizes([2, 1]) == (1, 2)
+def test_the_probes_are_the_middle_micro_batch_and_the_largest_but_one_walking_down():
+    assert probe_sizes([256, 128, 64, 32, 16, 8, 4]) == [32, 128, 64]
+    assert probe_sizes([2, 1]) == [2]
 
 
 def fake_result(spec: StepSpec, peak: int, rate: float) -> StepResult:
@@ -57,8 +57,8 @@ class FakeMachine:
     """Peak memory: 100 MiB + 1 MiB a sample of the micro-batch (checkpointing: 0.5 MiB), and
     2 MiB more with accumulation (the gradients held); samples/s from a table per lever."""
 
-    def __init__(self, rates):
-        self.rates, self.measured = rates, []
+    def __init__(self, rates, device_bytes=None):
+        self.rates, self.measured, self.device_bytes = rates, [], device_bytes
 
     def peak(self, spec: StepSpec) -> int:
         per_sample = 0.5 if spec.activation_checkpointing == "blocks" else 1.0
@@ -73,7 +73,7 @@ class FakeMachine:
             (spec.batch_size, spec.accumulation_steps, spec.activation_checkpointing)
         )
         peak = self.peak(spec)
-        if budget is not None and peak > budget:
+        if (budget is not None and peak > budget) or peak > (self.device_bytes or peak):
             return None
         return fake_result(spec, peak, self.rate(spec) if budget is not None else 1.0)
 
@@ -104,8 +104,8 @@ class FakeWorker:
         pass
 
 
-def fake_plan(monkeypatch, rates, budget=180 * MiB, **settings):
-    machine = FakeMachine(rates)
+def fake_plan(monkeypatch, rates, budget=180 * MiB, device_bytes=None, **settings):
+    machine = FakeMachine(rates, device_bytes)
     monkeypatch.setattr(planning, "measured_peak", machine.measured_peak)
     rng, clock = np.random.default_rng(0), [0.0]
     units_rate = {"by_spec": lambda spec: machine.rate(spec) / 64}
@@ -238,3 +238,11 @@ def test_equal_leaders_tie_to_the_smaller_peak(monkeypatch):
     assert lead.verdict == "equivalent" and {lead.first, lead.second} == {"64x1 fp32", "32x2 fp32"}
     assert plan.ranking()[0].name == "64x1 fp32" and plan.recommended().name == "32x2 fp32"
     assert plan.to_dict()["recommendation"]["name"] == "32x2 fp32"
+
+
+def test_a_probe_that_does_not_fit_is_replaced_by_the_next_smaller(monkeypatch):
+    plan, _ = fake_plan(monkeypatch, RATES, device_bytes=125 * MiB)
+    probes = {m.lever: m.probes for m in plan.memory}["fp32"]
+    assert list(probes) == [8, 32, 16] and probes[32] is None
+    fit = {m.lever: m.fit for m in plan.memory}["fp32"]
+    assert fit.per_sample_bytes == pytest.approx(MiB) and fit.batch_sizes == (8, 16)

@@ -251,3 +251,70 @@ def test_an_hf_name_that_would_need_the_network_is_one_line():
     pytest.importorskip("transformers")
     done = b3_here("step", "--model", "hf/bert-base-uncased", "--batch-size", "2")
     assert done.returncode == 2 and "network" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- b3 sweep --seq-lens: (batch, length) units interleaved, tokens/s over length -------------
+
+
+@pytest.fixture(scope="module")
+def length_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("length-sweep")
+    proc = b3_here(
+        "sweep", "--model", LM, "--vocab-size", "64", "--seq-lens", "8,16", "--batch-sizes",
+        "2,3", "--passes", "2", "--repeats", "2", "--device", "cpu", "--no-telemetry",
+        "--out", str(out),
+    )  # fmt: skip
+    return proc, out
+
+
+def test_a_sweep_over_lengths_interleaves_every_batch_and_length_in_each_pass(length_sweep):
+    from b3core.studies.sweep import aggregate_by_length, read_log
+
+    proc, out = length_sweep
+    assert proc.returncode == 0, proc.stderr
+    header, records = read_log(out / "sweep.jsonl")
+    assert header["plan"]["seq_lens"] == [8, 16]
+    for p in range(2):
+        units = {(b, length) for (_, b, pass_, length) in records if pass_ == p}
+        assert units == {(2, 8), (3, 8), (2, 16), (3, 16)}
+    by_length = aggregate_by_length(records.values())
+    assert set(by_length) == {8, 16}
+    for length, sweep in by_length.items():
+        for r in sweep.for_mode("train"):
+            assert r.spec.seq_len == length and r.workload.tokens_per_sample == length
+            assert r.tokens_per_s == pytest.approx(length * r.measurement.throughput.samples_per_s)
+
+
+def test_a_sweep_over_lengths_names_the_fastest_tokens_per_second_with_its_lead(length_sweep):
+    from b3core.reports.sweep_report import fastest_tokens
+    from b3core.studies.sweep import aggregate_by_length, read_log
+
+    proc, out = length_sweep
+    by_length = aggregate_by_length(read_log(out / "sweep.jsonl")[1].values())
+    fastest = fastest_tokens(by_length)
+    every = [r for sweep in by_length.values() for r in sweep.for_mode("train")]
+    assert fastest["tokens_per_s"] == max(r.tokens_per_s for r in every)
+    assert fastest["lead"]["passes"] == 2 and fastest["lead"]["ratio"] >= 1
+    assert "Fastest tokens/s: batch" in proc.stdout and "Length 8:" in proc.stdout
+    assert "seq len" in proc.stdout  # the table's column
+    saved = json.loads((out / "sweep.json").read_text())
+    assert set(saved["lengths"]) == {"8", "16"} and saved["fastest_tokens"] == fastest
+    for name in ("sweep-lengths.png", "sweep-seq8.png", "sweep-seq16.png", "sweep.csv"):
+        assert (out / name).stat().st_size > 0
+    advised = b3_here("advise", "--sweep", str(out))
+    assert advised.returncode == 2 and "several sequence lengths" in advised.stderr
+    assert len(advised.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", LM, "--seq-lens", "8", "--seq-len", "8"], "not both"),
+        (["--model", "simple_cnn", "--seq-lens", "8,16"], "not token sequences"),
+        (["--model", LM, "--seq-lens", "8,4096"], "context of 1024"),
+    ],
+)
+def test_a_sweep_over_lengths_refuses_bad_input_in_one_line(args, message, tmp_path):
+    proc = b3_here("sweep", *args, "--batch-sizes", "2", "--device", "cpu", "--out", str(tmp_path))
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

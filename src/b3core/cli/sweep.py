@@ -14,6 +14,7 @@ from b3core.cli.options import (
     memory_size,
     positive_int,
     renamed,
+    seq_len_list,
     spec_from_args,
     timing_from_args,
 )
@@ -44,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_fields_as_options(p, Timing)
     p.add_argument(
+        "--seq-lens",
+        type=seq_len_list,
+        default=None,
+        help="a sequence model's lengths, e.g. 128,256,512: every (batch, length) is a unit, "
+        "interleaved in each pass; tokens/s over length and the fastest tokens/s",
+    )
+    p.add_argument(
         "--passes",
         type=positive_int,
         default=None,
@@ -73,8 +81,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from b3core.workloads.build import resolve
 
     timing = timing_from_args(args)
+    if args.seq_lens and args.seq_len:
+        raise B3Error("give --seq-len or --seq-lens, not both")
     plan = SweepPlan(
         base=spec_from_args(args, batch_size=args.batch_sizes[0], mode="train"),
+        seq_lens=tuple(args.seq_lens or ()),
         batch_sizes=tuple(args.batch_sizes),
         timing=timing,
         passes=args.passes or min(5, timing.repeats),
@@ -84,11 +95,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     device = resolve(plan.base).device  # what cannot run fails before any file is written
+    for length in plan.seq_lens:  # a length the model does not take, too
+        resolve(plan.base.replace(seq_len=length))
     units = len(plan.units())
     if units > MAX_UNITS and not args.yes:
         raise B3Error(
-            f"the plan has {units} units ({len(plan.batch_sizes)} sizes x {plan.passes} passes"
-            f"{' x 2 modes' if plan.inference else ''}), more than {MAX_UNITS}: check "
+            f"the plan has {units} units ({plan_shape(plan)}), more than {MAX_UNITS}: check "
             "--batch-sizes, or give --yes"
         )
     if plan.memory_budget is None and device.type != "cuda":
@@ -108,6 +120,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return _sweep(args, plan, rank)
 
 
+def plan_shape(plan) -> str:
+    """ "9 sizes x 3 lengths x 5 passes, train and inference"."""
+    lengths = f" x {len(plan.seq_lens)} lengths" if plan.seq_lens else ""
+    modes = ", train and inference" if plan.inference else ""
+    return f"{len(plan.batch_sizes)} sizes{lengths} x {plan.passes} passes{modes}"
+
+
 def _sweep(args: argparse.Namespace, plan, rank) -> int:
     """The sweep on this process; under data parallel every rank runs it, rank 0 alone writes
     the log (the others follow it, so all agree on what is left) and the reports."""
@@ -115,8 +134,7 @@ def _sweep(args: argparse.Namespace, plan, rank) -> int:
     from tqdm import tqdm
 
     from b3core.measuring.machine import machine_record
-    from b3core.reports.sweep_report import render_sweep_summary, write_sweep_report
-    from b3core.studies.sweep import SweepLog, aggregate, run_sweep
+    from b3core.studies.sweep import SweepLog, run_sweep
 
     lead = rank is None or rank.rank == 0
     machine = machine_record()
@@ -140,15 +158,15 @@ def _sweep(args: argparse.Namespace, plan, rank) -> int:
     began, first = time.monotonic(), [True]
 
     def on_unit(unit, record) -> None:
-        bar.set_postfix_str(f"{unit.mode} bs={unit.batch_size} pass {unit.pass_index + 1}")
+        length = f" L={unit.seq_len}" if unit.seq_len else ""
+        bar.set_postfix_str(f"{unit.mode} bs={unit.batch_size}{length} pass {unit.pass_index + 1}")
         bar.update(1)
         if first[0] and record is not None:
             first[0] = False
             left = total - len(log.records)
             estimate = (time.monotonic() - began) * left
             bar.write(
-                f"b3 sweep: {total} units ({len(plan.batch_sizes)} sizes x {plan.passes} passes"
-                f"{', train and inference' if plan.inference else ''}); the first took "
+                f"b3 sweep: {total} units ({plan_shape(plan)}); the first took "
                 f"{time.monotonic() - began:.1f} s, so about {estimate / 60:.0f} min for the "
                 f"{left} left",
                 file=sys.stderr,
@@ -162,7 +180,7 @@ def _sweep(args: argparse.Namespace, plan, rank) -> int:
     # Each unit is appended to the log as it finishes; the reports are written once, at the end
     # or on interrupt, so that no presenting happens between timed units.
     try:
-        sweep = run_sweep(plan, log, on_unit=on_unit)
+        run_sweep(plan, log, on_unit=on_unit)
     except PlanTooLong as refused:
         bar.close()
         raise B3Error(f"{refused} (the first unit is saved in {log.path})") from None
@@ -170,7 +188,7 @@ def _sweep(args: argparse.Namespace, plan, rank) -> int:
         bar.close()
         if not lead:
             return 130
-        write_sweep_report(args.out, aggregate(log.records.values()), machine)
+        _write_reports(args.out, plan, log.records.values(), machine)
         print(
             f"b3 sweep: interrupted; {len(log.records)} of {total} units are saved in "
             f"{log.path} (reports written from them); continue with --resume",
@@ -181,7 +199,24 @@ def _sweep(args: argparse.Namespace, plan, rank) -> int:
         bar.close()
     if not lead:
         return 0
-    written = write_sweep_report(args.out, sweep, machine)
-    print(render_sweep_summary(sweep))
+    written, summary = _write_reports(args.out, plan, log.records.values(), machine)
+    print(summary)
     print(f"\nwrote {', '.join(str(p) for p in written)} (raw units: {log.path})")
     return 0
+
+
+def _write_reports(out: str, plan, records, machine: dict):
+    """The files and the text summary from the logged units: one sweep, or one per length."""
+    from b3core.reports.sweep_report import (
+        render_length_summary,
+        render_sweep_summary,
+        write_length_sweep_report,
+        write_sweep_report,
+    )
+    from b3core.studies.sweep import aggregate, aggregate_by_length
+
+    if plan.seq_lens:
+        by_length = aggregate_by_length(records)
+        return write_length_sweep_report(out, by_length, machine), render_length_summary(by_length)
+    sweep = aggregate(records)
+    return write_sweep_report(out, sweep, machine), render_sweep_summary(sweep)

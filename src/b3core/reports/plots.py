@@ -120,3 +120,34 @@ def plot_batch_curves(
     path = Path(path)
     fig.savefig(path, dpi=120)
     return path
+
+
+def plot_tokens_over_lengths(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> Path:
+    """A sweep over lengths: tokens/s (95% CI bars) against the sequence length, one curve per
+    batch size."""
+    fig, ax = subplots(figsize=(8, 4.5))
+    for batch, g in frame.groupby("batch"):
+        g = g.sort_values("seq_len")
+        ax.errorbar(
+            g["seq_len"],
+            g["tokens_per_s"],
+            yerr=[
+                (g["tokens_per_s"] - g["tokens_per_s_ci95_low"]).fillna(0),
+                (g["tokens_per_s_ci95_high"] - g["tokens_per_s"]).fillna(0),
+            ],
+            marker="o",
+            markersize=3,
+            capsize=2,
+            label=f"batch {batch}",
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sequence length, tokens")
+    ax.set_ylabel("tokens/s (total / time, 95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    return path

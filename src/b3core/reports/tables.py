@@ -72,6 +72,7 @@ def results_frame(results: Iterable[StepResult], source: str | None = None) -> p
                 "batch": s.batch_size,
                 "precision": s.precision,
                 "accum": s.accumulation_steps,
+                "seq_len": r.workload.tokens_per_sample if r.workload else None,
                 "input_shape": "x".join(map(str, r.workload.input_shape)) if r.workload else "",
                 "model_identity": r.workload.identity if r.workload else "",
                 "samples_per_step": m.samples_per_step,  # global under data parallel
@@ -119,7 +120,7 @@ def results_frame(results: Iterable[StepResult], source: str | None = None) -> p
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    order = ["source", "model", "mode", "precision", "accum", "batch"]
+    order = ["source", "model", "mode", "precision", "accum", "seq_len", "batch"]
     return frame.sort_values(order, kind="stable", na_position="first").reset_index(drop=True)
 
 
@@ -165,6 +166,8 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
             "notes": frame["notes"],
         }
     )
+    if frame["seq_len"].nunique() > 1:  # a sweep over lengths
+        shown.insert(shown.columns.get_loc("batch"), "seq len", frame["seq_len"].astype("Int64"))
     if frame["tokens_per_s"].notna().any():  # sequence models: a sample is L tokens
         rates = zip(
             frame["tokens_per_s"], frame["tokens_per_s_ci95_low"], frame["tokens_per_s_ci95_high"]

@@ -141,6 +141,12 @@ class Comparison:
                 f"{self.first} is equivalent to {self.second} within "
                 f"±{100 * self.margin:g}% ({interval})"
             )
+        if self.verdict == INCONCLUSIVE and (self.ci[0] > 1 or self.ci[1] < 1):
+            than = "faster" if self.ci[0] > 1 else "slower"
+            return (
+                f"{self.first} is {than} than {self.second} ({interval}), but not shown to be "
+                f"by more than the ±{100 * self.margin:g}% margin"
+            )
         if self.verdict == INCONCLUSIVE:
             return (
                 f"between {self.first} and {self.second} differences up to "

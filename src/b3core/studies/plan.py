@@ -6,8 +6,8 @@ activation checkpointing, and on CUDA channels_last) multiplies the ways to make
 1. enumerates every candidate (micro-batches that divide N / ranks, up to --max-accumulation
    micro-batches per update);
 2. fits one memory model per lever setting from two probes (measured peaks at two micro-batches,
-   with accumulation, whose peak holds a full set of gradients) and predicts every candidate's
-   peak;
+   the middle candidate and the largest but one, with accumulation, whose peak holds a full
+   set of gradients) and predicts every candidate's peak;
 3. per lever setting, measures the largest micro-batches predicted to fit (or near the budget)
    one by one, each with its real accumulation: its peak memory, FLOPs and phases, until
    --timed-per-lever of them fit. A candidate is called feasible only when measured, or when
@@ -318,28 +318,28 @@ def measured_peak(spec: StepSpec, budget: int | None) -> StepResult | None:
         return None
 
 
-def probe_sizes(micros: Sequence[int]) -> tuple[int, int]:
-    """Two micro-batches to fit a lever's memory line from: a third and two thirds of the way
-    up the candidates' micro-batches (small enough to fit, far enough apart to give a slope,
-    close enough to the large ones that predicting them extrapolates little)."""
+def probe_sizes(micros: Sequence[int]) -> list[int]:
+    """The micro-batches to fit a lever's memory line from, in the order to try them: the
+    middle one of the candidates, then the largest below the largest, walking down when one
+    does not fit. The largest predictions then extrapolate at most 2x past a probe, and the
+    probes are past the small batches whose peak is the optimizer's update, flat in B."""
     ordered = sorted(set(micros))
-    if len(ordered) < 2:
-        return ordered[0], ordered[0]
-    low, high = ordered[len(ordered) // 3], ordered[(2 * len(ordered)) // 3]
-    return (low, high) if low != high else (ordered[0], ordered[-1])
+    middle = ordered[len(ordered) // 2]
+    return [middle, *(m for m in reversed(ordered[:-1]) if m > middle)] or [middle]
 
 
 def fit_lever(candidates: list[Candidate], on_probe: Callable[[str], None]) -> LeverMemory:
     """Probe two micro-batches of the lever setting and fit its memory line."""
     lever = candidates[0].lever
-    low, high = probe_sizes([c.spec.batch_size for c in candidates])
     probes: dict[int, int | None] = {}
-    for micro in sorted({low, high}):
+    for micro in probe_sizes([c.spec.batch_size for c in candidates]):
         spec = candidates[0].spec.replace(batch_size=micro, accumulation_steps=PROBE_ACCUMULATION)
         result = measured_peak(spec, None)  # a probe may exceed the budget: it is only a probe
         probes[micro] = result.memory.peak_bytes if result else None
         on_probe(f"probe {lever} micro-batch {micro}: " + (
             f"{probes[micro] / 2**20:.0f} MiB" if probes[micro] else "out of memory"))  # fmt: skip
+        if sum(1 for p in probes.values() if p) == 2:
+            break
     measured = {m: p for m, p in probes.items() if p}
     fit = fit_memory(list(measured), list(measured.values())) if len(measured) >= 2 else None
     return LeverMemory(lever, fit, probes)

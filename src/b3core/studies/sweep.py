@@ -1,6 +1,7 @@
 """`b3 sweep`: time a configuration over many batch sizes.
 
-Work is split into units (mode, batch size, pass). Every pass visits all sizes in a fresh
+Work is split into units (mode, batch size, pass, and a sequence model's length with
+--seq-lens). Every pass visits all sizes in a fresh
 shuffled order, so drift (clock boost, heat, other load) spreads over all sizes instead of biasing
 one. Each finished unit is appended to a JSON-lines log and flushed at once, so an interrupted
 sweep loses nothing already measured, and `--resume` runs only the units still missing.
@@ -34,10 +35,21 @@ class Unit:
     mode: str
     batch_size: int
     pass_index: int
+    seq_len: int | None = None  # a sequence model's length (None: the model's own)
 
     @property
-    def key(self) -> tuple[str, int, int]:
-        return (self.mode, self.batch_size, self.pass_index)
+    def key(self) -> tuple[str, int, int, int | None]:
+        return (self.mode, self.batch_size, self.pass_index, self.seq_len)
+
+    @property
+    def configuration(self) -> tuple[str, int, int | None]:
+        """What the unit times, whatever the pass."""
+        return (self.mode, self.batch_size, self.seq_len)
+
+
+def configuration_of(record: dict) -> tuple[str, int, int | None]:
+    """A logged unit's configuration: mode, batch size and length (None before b3 0.5)."""
+    return (record["mode"], int(record["batch_size"]), record.get("seq_len"))
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,7 @@ class SweepPlan:
     isolate: bool = False
     memory_budget: int | None = None
     seed: int = 0
+    seq_lens: tuple[int, ...] = ()  # a sequence model's lengths, interleaved with the sizes
 
     def __post_init__(self) -> None:
         if not self.batch_sizes:
@@ -68,8 +81,14 @@ class SweepPlan:
 
     def units(self) -> list[Unit]:
         order = []
+        lengths = self.seq_lens or (None,)
         for p in range(self.passes):
-            units = [Unit(m, b, p) for m in self.modes for b in self.batch_sizes]
+            units = [
+                Unit(m, b, p, length)
+                for m in self.modes
+                for b in self.batch_sizes
+                for length in lengths
+            ]
             random.Random(self.seed * 7919 + p).shuffle(units)
             order += units
         return order
@@ -86,13 +105,14 @@ class SweepPlan:
         )
 
     def spec_for(self, unit: Unit) -> StepSpec:
-        return self.base.replace(batch_size=unit.batch_size).for_mode(unit.mode)
+        spec = self.base.replace(batch_size=unit.batch_size).for_mode(unit.mode)
+        return spec.replace(seq_len=unit.seq_len) if unit.seq_len else spec
 
     def identity(self) -> dict:
         """What must match for `--resume` to continue this sweep rather than another."""
         base = self.base.to_dict()
         base.pop("batch_size")
-        return {
+        identity = {
             "base": base,
             "batch_sizes": list(self.batch_sizes),
             "timing": self.timing.to_dict(),
@@ -100,6 +120,7 @@ class SweepPlan:
             "inference": self.inference,
             "seed": self.seed,
         }
+        return identity | ({"seq_lens": list(self.seq_lens)} if self.seq_lens else {})
 
 
 class SweepLog:
@@ -145,6 +166,7 @@ class SweepLog:
             "mode": unit.mode,
             "batch_size": unit.batch_size,
             "pass": unit.pass_index,
+            **({"seq_len": unit.seq_len} if unit.seq_len else {}),
             **record,
         }
         if self.writer:
@@ -183,7 +205,12 @@ def read_log(path: str | Path) -> tuple[dict, dict[tuple, dict]]:
         records = {}
         for number, line in enumerate(lines[1:], start=2):
             record = json.loads(line)
-            key = (record["mode"], int(record["batch_size"]), int(record["pass"]))
+            key = (
+                record["mode"],
+                int(record["batch_size"]),
+                int(record["pass"]),
+                record.get("seq_len"),
+            )
             if "result" in record:
                 StepResult.from_dict(record["result"])  # validates the record
             elif "oom" not in record:
@@ -231,7 +258,26 @@ def merge_measurements(parts: list[Measurement]) -> Measurement:
     return Measurement(times, first.samples_per_step, first.steps_per_sample, first.clock)
 
 
+def aggregate_by_length(records: Iterable[dict]) -> dict[int | None, SweepResult]:
+    """A sweep over lengths as one SweepResult per length (None: the model's own length)."""
+    by_length: dict[int | None, list[dict]] = {}
+    for record in records:
+        by_length.setdefault(record.get("seq_len"), []).append(record)
+    return {length: aggregate(group) for length, group in sorted(by_length.items(), key=_length)}
+
+
+def _length(item) -> int:
+    return item[0] or 0
+
+
 def aggregate(records: Iterable[dict]) -> SweepResult:
+    """The records of one length: every pass of each (mode, batch size) merged."""
+    records = list(records)
+    if len({r.get("seq_len") for r in records}) > 1:
+        raise B3Error(
+            "this sweep spans several sequence lengths (--seq-lens): read one length at a time "
+            "(b3 advise takes a sweep at one length)"
+        )
     by_size: dict[tuple[str, int], list[dict]] = {}
     for record in records:
         by_size.setdefault((record["mode"], record["batch_size"]), []).append(record)
@@ -271,30 +317,31 @@ def run_sweep(
     log: SweepLog,
     *,
     on_unit: Callable[[Unit, dict | None], None] | None = None,
-) -> SweepResult:
+) -> SweepResult | dict[int, SweepResult]:
     """Run every unit the log does not hold yet. A size that ran out of memory is recorded once
     and not retried in later passes (on_unit sees None for those); the sweep goes on. Under
     data parallel an out-of-memory ends this rank instead (the other ranks would wait for it
-    at their next collective): the run stops with what was logged, and --resume goes on."""
+    at their next collective): the run stops with what was logged, and --resume goes on.
+    Returns the merged result: one per length (a dict) for a sweep over several lengths."""
     data_parallel = torch.distributed.is_available() and torch.distributed.is_initialized()
-    failed = {(r["mode"], r["batch_size"]) for r in log.records.values() if "oom" in r}
+    failed = {configuration_of(r) for r in log.records.values() if "oom" in r}
     # The first pass of a size sizes its blocks; later passes reuse that length.
     block_steps = {
-        (r["mode"], r["batch_size"]): r["result"]["measurement"].get("steps_per_sample", 1)
+        configuration_of(r): r["result"]["measurement"].get("steps_per_sample", 1)
         for r in log.records.values()
         if "result" in r
     }
     for unit in plan.units():
         if unit.key in log.records:
             continue
-        if (unit.mode, unit.batch_size) in failed:
+        if unit.configuration in failed:
             if on_unit:
                 on_unit(unit, None)
             continue
         try:
             timing = plan.timing_in_pass(unit.pass_index, unit.mode)
-            if timing.clock == "blocked" and (unit.mode, unit.batch_size) in block_steps:
-                timing = timing.replace(block_steps=block_steps[(unit.mode, unit.batch_size)])
+            if timing.clock == "blocked" and unit.configuration in block_steps:
+                timing = timing.replace(block_steps=block_steps[unit.configuration])
             result = measure_maybe_isolated(
                 plan.spec_for(unit),
                 timing,
@@ -303,13 +350,15 @@ def run_sweep(
                 seed=plan.seed,
             )
             record = {"result": result.to_dict()}
-            block_steps[(unit.mode, unit.batch_size)] = result.measurement.steps_per_sample
+            block_steps[unit.configuration] = result.measurement.steps_per_sample
         except StepOutOfMemory as oom:
             if data_parallel:
                 raise
-            failed.add((unit.mode, unit.batch_size))
+            failed.add(unit.configuration)
             record = {"oom": oom.reason}
         log.append(unit, record)
         if on_unit:
             on_unit(unit, record)
+    if plan.seq_lens:
+        return aggregate_by_length(log.records.values())
     return aggregate(log.records.values())
