@@ -129,3 +129,16 @@ def test_mfu_is_the_counted_rate_over_the_peak_with_the_throughputs_interval():
     assert saved["mfu"] == result.mfu.samples_per_s and saved["peak_flops_source"]
     assert StepResult.from_dict(saved).mfu == result.mfu
     assert measure(StepSpec("simple_cnn", B), QUICK.replace(flops=False)).mfu is None
+
+
+@pytest.mark.parametrize("groups", [1, 4, 32])
+def test_a_grouped_convolutions_backward_counts_its_groups(groups):
+    """torch 2.14's formula counts a grouped convolution's weight gradient as if ungrouped
+    (groups times too many: a depthwise convolution's by its channel count); b3's count is the
+    hand count, the forward's work three times (forward, input gradient, weight gradient)."""
+    from b3core.measuring.flops import count_flops
+
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1, groups=groups)
+    x = torch.randn(2, 32, 8, 8, requires_grad=True)
+    forward = 2 * 2 * 32 * 8 * 8 * (32 // groups) * 3 * 3
+    assert count_flops(lambda: conv(x).sum().backward(), torch.device("cpu")) == 3 * forward

@@ -9,7 +9,24 @@ import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 from torch.utils.checkpoint import set_checkpoint_early_stop
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop
+
+
+def _grouped_conv_backward_flop(
+    grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
+    output_padding, groups, output_mask, out_shape, **kwargs,
+) -> int:  # fmt: skip
+    """torch's convolution-backward formula with the weight gradient of a grouped convolution
+    divided by its groups: torch 2.14 counts it as if ungrouped, so a depthwise convolution's
+    weight gradient comes out `groups` times too large (pytorch/pytorch#183405)."""
+    args = (grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
+            output_padding, groups)  # fmt: skip
+    grad_input = conv_backward_flop(*args, [output_mask[0], False, False], out_val=out_shape)
+    grad_weight = conv_backward_flop(*args, [False, output_mask[1], False], out_val=out_shape)
+    return grad_input + grad_weight // groups
+
+
+CORRECTED_FORMULAS = {torch.ops.aten.convolution_backward: _grouped_conv_backward_flop}
 
 
 def count_flops(call: Callable[[], object], device: torch.device) -> int:
@@ -17,7 +34,7 @@ def count_flops(call: Callable[[], object], device: torch.device) -> int:
     inference pass): FlopCounterMode counts the matrix products, convolutions and attention
     that the step dispatches; elementwise work, normalisation and the optimizer's update are
     not counted. The call runs untimed, after the timed blocks."""
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CORRECTED_FORMULAS) as counter:
         call()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -51,7 +68,7 @@ def _checkpointed_forward_flops(model: nn.Module, forward: Callable[[], object])
     if not wrappers:
         return 0
     recomputed, entered = 0, []
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CORRECTED_FORMULAS) as counter:
 
         def before(module, args):
             entered.append(counter.get_total_flops())

@@ -109,7 +109,8 @@ def closing_lines(plan: Plan) -> list[str]:
             f"{run.elapsed_s:.0f} s; the fastest single measured run compared with each other "
             f"on samples/s, all verdicts wrong "
             f"with probability at most {plan.settings.alpha:g} (Bonferroni over "
-            f"{len(run.comparisons)} comparisons, alpha spent over {len(run.looks)} looks). "
+            f"{len(run.comparisons)} comparisons, alpha spent over {len(run.looks)} "
+            f"look{'s' if len(run.looks) != 1 else ''}). "
             f"Per lever setting only the {plan.settings.timed_per_lever} largest micro-batches "
             "that fit are timed; smaller ones are taken to be slower (--timed-per-lever)."
         )
