@@ -151,7 +151,7 @@ def test_every_tracked_number_of_b3s_suite_grows_when_the_step_slows(monkeypatch
     import inspect
 
     import benchmarks.asv_steps as suite
-    from b3core.measuring.result import PeakMemory, StepResult
+    from b3core.measuring.result import Peak, PeakMemory, StepResult
     from b3core.measuring.stats import Measurement
     from b3core.spec import StepSpec
     from b3core.suites import asv_suite
@@ -163,6 +163,7 @@ def test_every_tracked_number_of_b3s_suite_grows_when_the_step_slows(monkeypatch
         return StepResult(
             StepSpec("simple_cnn", 16), Measurement(times, 16), PeakMemory(2**20, None, "x"),
             "cpu", telemetry={"contended": False, "contention": [], "energy": energy},
+            flops_per_step=10**8, peak=Peak(1e12, "x"),
         )  # fmt: skip
 
     tracked = {}

@@ -135,6 +135,7 @@ def dom(url: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.untimed  # the history's planted slowdown is twice the step: it shows at any load
 def test_publish_serves_every_cdn_file_from_the_site(site):
     assert asv_publish.external_references(site) == []
     index = (site / "index.html").read_text()
@@ -149,7 +150,7 @@ def test_publish_serves_every_cdn_file_from_the_site(site):
 
 @pytest.mark.slow
 @needs_chromium
-@pytest.mark.untimed  # reads the history built (alone) by the first test
+@pytest.mark.untimed  # reads the history built by the first test
 def test_the_benchmark_list_renders_offline(served):
     page = dom(f"{served}/index.html")
     assert "continental origin of swallow" not in page
@@ -159,7 +160,7 @@ def test_the_benchmark_list_renders_offline(served):
 
 @pytest.mark.slow
 @needs_chromium
-@pytest.mark.untimed  # reads the history built (alone) by the first test
+@pytest.mark.untimed  # reads the history built by the first test
 def test_a_graph_page_draws_the_series_of_each_parameter_on_this_machine(served, tmp_path):
     url = f"{served}/index.html#asv_steps.TrainCost.track_seconds_per_sample"
     page = dom(url)
@@ -182,7 +183,7 @@ def test_a_graph_page_draws_the_series_of_each_parameter_on_this_machine(served,
 
 @pytest.mark.slow
 @needs_chromium
-@pytest.mark.untimed  # reads the history built (alone) by the first test
+@pytest.mark.untimed  # reads the history built by the first test
 def test_the_slower_commit_is_on_the_regressions_page_and_in_the_feed(site, served):
     """asv lists a regression as [benchmark, graph, params, index, last value, best value,
     jumps]: the step got costlier, so the last value is above the best."""

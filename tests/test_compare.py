@@ -190,6 +190,7 @@ def test_compare_under_torchrun_is_one_line(repo, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.untimed  # HEAD's forward pass is several times as long: a regression at any load
 def test_each_side_can_be_a_world_of_data_parallel_ranks(repo, tmp_path):
     """--nproc-per-node 2: each side's worker launches 2 gloo ranks; a block is its slowest
     rank's time, every rank's is kept, and HEAD's extra work in every rank is a regression."""
@@ -347,6 +348,7 @@ def test_a_dying_worker_ends_both_and_removes_the_worktrees(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.untimed  # signals and clean-up; any verdict
 def test_ctrl_c_ends_the_workers_and_removes_the_worktrees(repo):
     proc = subprocess.Popen(
         [

@@ -252,11 +252,12 @@ def test_a_spec_survives_its_own_command_line():
     from b3core.spec.step import StepSpec, Timing
 
     images = StepSpec(
-        "resnet18", 4, "bf16", 3, "inference", 64, None, 7, "sgd", 0.1, True, True, False,
-        "cpu", input_dtype="int64", vocab_size=9, loss="m:f",
+        "resnet18", 4, "bf16", 3, "inference", 64, None, 7, "sgd", 0.1, True, "none", True,
+        False, "cpu", input_dtype="int64", vocab_size=9, loss="m:f",
     )  # fmt: skip
-    sequences = StepSpec("gpt_small", 2, seq_len=64, device="cpu")
-    for spec, timing in ((images, Timing(3, 4, "per-step")), (sequences, Timing(flops=False))):
+    sequences = StepSpec("gpt_small", 2, seq_len=64, device="cpu", activation_checkpointing="all")
+    lean = Timing(flops=False, phases=True, peak_tflops=1.5)
+    for spec, timing in ((images, Timing(3, 4, "per-step")), (sequences, lean)):
         argv = ["step", *fields_as_argv(spec), *fields_as_argv(timing)]
         args = build_parser().parse_args(argv)
         assert spec_from_args(args) == spec and timing_from_args(args) == timing

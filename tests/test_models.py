@@ -54,7 +54,7 @@ def test_mobilenet_is_b3s_model_with_a_resized_classifier():
 
 def test_simple_cnn_matches_the_tutorial():
     model = create_model("simple_cnn")
-    conv, linear = model[0], model[-1]
+    conv, linear = model[0][0], model[-1]
     assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding) == (
         3,
         16,
@@ -67,7 +67,7 @@ def test_simple_cnn_matches_the_tutorial():
 
 def test_tanh_cnn_has_four_batchnorm_tanh_blocks_and_three_linear_layers():
     model = create_model("tanh_cnn")
-    kinds = [type(m).__name__ for m in model]
+    kinds = [type(m).__name__ for m in model.modules()]
     assert kinds.count("BatchNorm2d") == 4 and kinds.count("Tanh") >= 4
     assert kinds.count("MaxPool2d") == 4 and kinds.count("Linear") == 3
     assert has_batch_dependent_layers(model)

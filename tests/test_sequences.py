@@ -295,8 +295,9 @@ def test_a_sweep_over_lengths_names_the_fastest_tokens_per_second_with_its_lead(
     every = [r for sweep in by_length.values() for r in sweep.for_mode("train")]
     assert fastest["tokens_per_s"] == max(r.tokens_per_s for r in every)
     assert fastest["lead"]["passes"] == 2 and fastest["lead"]["ratio"] >= 1
-    assert "Fastest tokens/s: batch" in proc.stdout and "Length 8:" in proc.stdout
-    assert "seq len" in proc.stdout  # the table's column
+    assert "Fastest tokens/s: batch" in proc.stdout
+    assert "Length 8:" in proc.stdout and "Length 16:" in proc.stdout
+    assert "seq_len" in (out / "sweep.csv").read_text().splitlines()[0]
     saved = json.loads((out / "sweep.json").read_text())
     assert set(saved["lengths"]) == {"8", "16"} and saved["fastest_tokens"] == fastest
     for name in ("sweep-lengths.png", "sweep-seq8.png", "sweep-seq16.png", "sweep.csv"):
