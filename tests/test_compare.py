@@ -206,7 +206,7 @@ def test_each_side_can_be_a_world_of_data_parallel_ranks(repo, tmp_path):
         "--alpha",
         "0.2",
         "--max-time",
-        "30",
+        "20",
         "--json",
         str(out),
         timeout=240,

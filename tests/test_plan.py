@@ -191,6 +191,7 @@ def test_b3_plan_end_to_end(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "b3core.cli", "plan", "--model", "simple_cnn", "--image-size", "8",
          "--global-batch", "16", "--memory-budget", "64MiB", "--device", "cpu",
+         "--checkpointing", "none", "--max-accumulation", "4",
          "--max-time", "6", "--epoch-time", "0.1", "--min-epochs", "3", "--json", str(out),
          "--plot", str(tmp_path / "plan.png")],
         capture_output=True, text=True, timeout=300,
