@@ -41,8 +41,9 @@ def test_the_candidates_are_every_micro_batch_that_makes_the_global_batch():
 
 
 def test_the_probes_are_the_middle_micro_batch_and_the_largest_but_one_walking_down():
-    assert probe_sizes([256, 128, 64, 32, 16, 8, 4]) == [32, 128, 64]
-    assert probe_sizes([2, 1]) == [2]
+    assert probe_sizes([256, 128, 64, 32, 16, 8, 4]) == [32, 128, 64, 16, 8, 4]
+    assert probe_sizes([8, 4, 2, 1]) == [4, 2, 1]
+    assert probe_sizes([1]) == [1]
 
 
 def fake_result(spec: StepSpec, peak: int, rate: float) -> StepResult:

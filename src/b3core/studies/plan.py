@@ -321,11 +321,12 @@ def measured_peak(spec: StepSpec, budget: int | None) -> StepResult | None:
 def probe_sizes(micros: Sequence[int]) -> list[int]:
     """The micro-batches to fit a lever's memory line from, in the order to try them: the
     middle one of the candidates, then the largest below the largest, walking down when one
-    does not fit. The largest predictions then extrapolate at most 2x past a probe, and the
-    probes are past the small batches whose peak is the optimizer's update, flat in B."""
+    does not fit (with few candidates, below the middle one). The largest predictions then
+    extrapolate at most 2x past a probe, and the probes are past the small batches whose peak
+    is the optimizer's update, flat in B."""
     ordered = sorted(set(micros))
     middle = ordered[len(ordered) // 2]
-    return [middle, *(m for m in reversed(ordered[:-1]) if m > middle)] or [middle]
+    return [middle, *(m for m in reversed(ordered[:-1]) if m != middle)]
 
 
 def fit_lever(candidates: list[Candidate], on_probe: Callable[[str], None]) -> LeverMemory:
