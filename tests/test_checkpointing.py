@@ -84,6 +84,11 @@ def test_a_model_without_blocks_or_with_a_bad_hook_is_one_line():
     flat.b3_checkpoint_blocks = ["not a module"]
     with pytest.raises(B3Error, match="must name modules"):
         checkpoint_blocks(flat)
+    flat.b3_checkpoint_blocks = 7
+    with pytest.raises(B3Error, match="must name modules"):
+        checkpoint_blocks(flat)
+    flat.b3_checkpoint_blocks = flat[0]  # one module (callable, but not a hook to call)
+    assert checkpoint_blocks(flat) == [flat[0]]
     with pytest.raises(B3Error, match="drop --inference"):
         StepSpec("resnet18", 4, mode="inference", activation_checkpointing="blocks")
     assert StepSpec("resnet18", 4, activation_checkpointing="blocks").label.endswith("ckpt-blocks")
@@ -139,3 +144,8 @@ def test_the_recomputed_flops_are_the_blocks_forward_and_mfu_leaves_them_out():
         )
     plain = measure(StepSpec("simple_cnn", b, device="cpu"), timing)
     assert plain.recomputed_flops_per_step == 0 and plain.hfu is None
+    # each micro-batch recomputes its own forward: the model's FLOPs stay the plain step's
+    spec = StepSpec("simple_cnn", b, accumulation_steps=2, activation_checkpointing="all")
+    accumulated = measure(spec.replace(device="cpu"), timing)
+    assert accumulated.model_flops_per_step == 2 * (2 * conv + 3 * linear)
+    assert accumulated.recomputed_flops_per_step == 2 * conv

@@ -2,6 +2,7 @@
 memory lines and which candidates are measured, the leader against the others, the lead read
 either way round; then the command end to end once on a tiny model, and its refused input."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -248,3 +249,24 @@ def test_a_probe_that_does_not_fit_is_replaced_by_the_next_smaller(monkeypatch):
     assert list(probes) == [8, 32, 16] and probes[32] is None
     fit = {m.lever: m.fit for m in plan.memory}["fp32"]
     assert fit.per_sample_bytes == pytest.approx(MiB) and fit.batch_sizes == (8, 16)
+
+
+def test_past_a_probe_that_does_not_fit_only_smaller_ones_are_tried(monkeypatch):
+    plan, machine = fake_plan(monkeypatch, RATES, device_bytes=105 * MiB)
+    probes = {m.lever: m.probes for m in plan.memory}["fp32"]
+    assert probes[8] is None and all(m < 8 for m in list(probes)[1:])
+
+
+def test_a_world_of_ranks_counts_every_ranks_samples(monkeypatch):
+    """Each unit's step is one rank's share: its rate over the world is the ranks' sum, and
+    MFU divides by every rank's device."""
+    from b3core.measuring.result import Peak
+
+    plan, _ = fake_plan(monkeypatch, RATES)
+    best = plan.ranking()[0]
+    one_rank = plan.rate(best)[0]
+    best.result = dataclasses.replace(best.result, flops_per_step=10**9, peak=Peak(1e12, "x"))
+    mfu = plan.mfu(best)
+    plan.ranks = plan.run.world_size = 2
+    assert plan.rate(best)[0] == pytest.approx(2 * one_rank)
+    assert plan.mfu(best) == pytest.approx(mfu)

@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "plan",
         help="which micro-batch x accumulation, checkpointing and precision reach a global "
         "batch fastest within a memory budget",
-        description=f"Exit codes: 0 planned, 2 bad input, {INTERRUPTED} interrupted.",
+        description="Exit codes: 0 planned, 1 a candidate ran out of memory in the interleaved "
+        f"timing, 2 bad input, {INTERRUPTED} interrupted.",
     )
     p.add_argument("--global-batch", type=positive_int, required=True, metavar="N",
                    help="samples per optimizer update, over all ranks")  # fmt: skip
@@ -78,9 +79,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         time_to_target_line,
     )
     from b3core.studies.compare.workers import World
-    from b3core.studies.interleaved import fresh_worker
+    from b3core.studies.interleaved import OUT_OF_MEMORY_EXIT, fresh_worker
     from b3core.studies.lr_rules import LrRequest
-    from b3core.studies.plan import Levers, Plan, PlanSettings, run_plan, time_to_target
+    from b3core.studies.plan import (
+        Levers,
+        Plan,
+        PlanSettings,
+        run_plan,
+        study_at,
+        time_to_target,
+    )
     from b3core.workloads.build import resolve
     from b3core.workloads.devices import supported_precisions
 
@@ -110,6 +118,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         else:
             budget = default_host_budget()
     check_writable(args, "json", "plot")
+    if args.converge:  # a study that cannot be used is said before minutes of measuring
+        study_at(base.model, args.global_batch, args.converge)
     settings = PlanSettings(**record_args(PlanSettings, args))
     lr = LrRequest(**record_args(LrRequest, args))
     lr = lr if lr.base_lr else lr.replace(base_lr=base.lr)
@@ -132,6 +142,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(plan_table(plan))
         for line in closing_lines(plan):
             print(line)
+    failed = plan.run.failure if plan.run else None
+    if failed:
+        print(f"The interleaved timing stopped: {failed}.")
     payload = plan.to_dict()
     if args.converge and plan.ranking():
         prediction = time_to_target(plan, args.converge)
@@ -143,4 +156,4 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plot_plan(plan, args.plot)
     if stopped is not None:
         raise stopped
-    return 0
+    return OUT_OF_MEMORY_EXIT if failed else 0

@@ -46,14 +46,15 @@ def count_step_flops(
     model: nn.Module,
     forward: Callable[[], object],
     device: torch.device,
+    micro_batches: int = 1,
 ) -> tuple[int, int]:
     """(the FLOPs of one more call as it runs, of them those that activation checkpointing
     recomputed). Recomputation stops once the saved tensors that the backward pass needs are
     back (torch's early stop), so it is less than the checkpointed modules' forward pass; it is
     found from one more call with the early stop off, which recomputes exactly that forward
-    pass: the model's own FLOPs are that call's less the forward's."""
+    pass once per micro-batch: the model's own FLOPs are that call's less those forwards."""
     counted = count_flops(call, device)
-    region = _checkpointed_forward_flops(model, forward)
+    region = _checkpointed_forward_flops(model, forward) * micro_batches
     if not region:
         return counted, 0
     with set_checkpoint_early_stop(False):

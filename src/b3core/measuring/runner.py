@@ -277,7 +277,11 @@ def flop_figures(ready: ReadyStep, timing: Timing) -> dict:
     workload = ready.workload
     try:
         flops, recomputed = count_step_flops(
-            ready.call, workload.trainer.model, workload.forward, ready.device
+            ready.call,
+            workload.trainer.model,
+            workload.forward,
+            ready.device,
+            spec.accumulation_steps if spec.mode == "train" else 1,
         )
     except Exception as exc:  # noqa: BLE001 - only an out-of-memory is absorbed
         if not is_out_of_memory(exc):

@@ -18,8 +18,8 @@ CURRENT = {
     "memory-surface": 1,
     "advise": 1,
     "compare": 1,
-    "align": 2,
-    "plan": 1,  # 2: blocks name their unit ("16"), not their size
+    "align": 2,  # 2: blocks name their unit ("16"), not their size
+    "plan": 1,
     "scale": 1,
     "sweep": 2,
     "sweep-log": 1,

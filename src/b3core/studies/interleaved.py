@@ -183,6 +183,7 @@ class InterleavedRun:
     # a block's fewest calls: several give its median meaning; units of seconds each (a plan's
     # whole updates of N samples) take one
     min_calls_per_block: int = MIN_CALLS_PER_BLOCK
+    world_size: int = 1  # ranks per worker (a torchrun world): each step is that many ranks'
 
     @property
     def exit_code(self) -> int:
@@ -193,9 +194,13 @@ class InterleavedRun:
     def unit_label(self, name: str) -> str:
         return name
 
+    def samples_per_step(self, unit: str) -> int:
+        """A step's samples over every rank of the worker."""
+        return self.units[unit].samples_per_step * self.world_size
+
     def rates(self, unit: str) -> list[float]:
         """The unit's samples/s in each of its blocks (a block's median step)."""
-        samples = self.units[unit].samples_per_step
+        samples = self.samples_per_step(unit)
         return [samples / statistics.median(b["times_s"]) for b in self.blocks if b["unit"] == unit]
 
     def to_dict(self) -> dict:
@@ -253,7 +258,7 @@ def _run_epoch(worker: InterleaveWorker, out: InterleavedRun, rng: random.Random
             steps, calls = out.shapes[name]
             times = ask(name, "block", calls=calls, steps=steps)["times"]
             out.blocks.append({"epoch": out.epochs, "cycle": cycle, "unit": name, "times_s": times})
-            rates[name].append(out.units[name].samples_per_step / statistics.median(times))
+            rates[name].append(out.samples_per_step(name) / statistics.median(times))
     return rates
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from scipy import stats as sps
 
 from b3core.errors import B3Error, StepOutOfMemory
+from b3core.measuring.memory import default_host_budget
 from b3core.measuring.result import StepResult
 from b3core.measuring.runner import measure
 from b3core.spec.step import StepSpec, Timing, option
@@ -47,6 +48,7 @@ from b3core.studies.interleaved import (
 )
 from b3core.studies.lr_rules import LrRequest, scale_lr, warmup_steps
 from b3core.studies.memory_model import MemoryFit, fit_memory
+from b3core.workloads.build import resolve
 
 NEAR_BUDGET = 0.15  # a prediction within this share of the budget is measured, not trusted
 PROBE_ACCUMULATION = 2  # a probe's peak holds the gradients of an earlier micro-batch
@@ -238,7 +240,7 @@ class Plan:
         if rate is None or r is None or r.model_flops_per_step is None or r.peak is None:
             return None
         per_sample = r.model_flops_per_step / candidate.spec.samples_per_step
-        return per_sample * rate[0] / r.peak.flops_per_s
+        return per_sample * rate[0] / (r.peak.flops_per_s * self.ranks)  # per device
 
     def ranking(self) -> list[Candidate]:
         """The timed candidates, fastest first (by samples/s over the interleaved epochs)."""
@@ -313,7 +315,9 @@ def _reversed(c: Comparison) -> Comparison:
 def measured_peak(spec: StepSpec, budget: int | None) -> StepResult | None:
     """One run of the candidate (its peak, FLOPs and phases), or None if it did not fit."""
     try:
-        return measure(spec, CHECK_TIMING, memory_budget=budget)
+        # a user's own step (--train-step) has no phases to mark
+        timing = CHECK_TIMING.replace(phases=not spec.train_step)
+        return measure(spec, timing, memory_budget=budget)
     except StepOutOfMemory:
         return None
 
@@ -329,13 +333,19 @@ def probe_sizes(micros: Sequence[int]) -> list[int]:
     return [middle, *(m for m in reversed(ordered[:-1]) if m != middle)]
 
 
-def fit_lever(candidates: list[Candidate], on_probe: Callable[[str], None]) -> LeverMemory:
-    """Probe two micro-batches of the lever setting and fit its memory line."""
+def fit_lever(
+    candidates: list[Candidate], on_probe: Callable[[str], None], guard: int | None = None
+) -> LeverMemory:
+    """Probe two micro-batches of the lever setting and fit its memory line. A probe may
+    exceed the budget (it is only a probe), not `guard` (on CPU, the host's guard); past a
+    probe that did not fit, only smaller ones are tried."""
     lever = candidates[0].lever
     probes: dict[int, int | None] = {}
     for micro in probe_sizes([c.spec.batch_size for c in candidates]):
+        if any(p is None and micro >= m for m, p in probes.items()):
+            continue
         spec = candidates[0].spec.replace(batch_size=micro, accumulation_steps=PROBE_ACCUMULATION)
-        result = measured_peak(spec, None)  # a probe may exceed the budget: it is only a probe
+        result = measured_peak(spec, guard)
         probes[micro] = result.memory.peak_bytes if result else None
         on_probe(f"probe {lever} micro-batch {micro}: " + (
             f"{probes[micro] / 2**20:.0f} MiB" if probes[micro] else "out of memory"))  # fmt: skip
@@ -397,7 +407,8 @@ def run_plan(
     by_lever: dict[str, list[Candidate]] = {}
     for c in plan.candidates:
         by_lever.setdefault(c.lever, []).append(c)
-    plan.memory = [fit_lever(group, on_progress) for group in by_lever.values()]
+    guard = None if resolve(plan.base).device.type == "cuda" else default_host_budget()
+    plan.memory = [fit_lever(group, on_progress, guard) for group in by_lever.values()]
     _check_state_fits(plan.memory, plan.base.model, plan.memory_budget)
     for group, memory in zip(by_lever.values(), plan.memory):
         judge_lever(group, memory, plan.memory_budget, s.timed_per_lever, on_progress)
@@ -415,7 +426,7 @@ def run_plan(
     # other candidate: k - 1 comparisons, not all k(k - 1)/2 pairs
     leader = max(timed, key=lambda c: c.result.measurement.throughput.samples_per_s)
     pairs = [Comparison(leader.name, c.name, s.margin) for c in timed if c is not leader]
-    plan.run = InterleavedRun(units, s, pairs, min_calls_per_block=1)
+    plan.run = InterleavedRun(units, s, pairs, min_calls_per_block=1, world_size=plan.ranks)
     if pairs:
         on_progress(
             f"timing {len(timed)} candidates interleaved ({len(pairs)} comparisons, "
@@ -455,24 +466,32 @@ def lr_for(lr: LrRequest, global_batch: int) -> dict:
     return out
 
 
-def time_to_target(plan: Plan, folder: str) -> dict:
-    """The predicted time to a convergence study's target at the global batch: its runs'
-    mean steps to target there, times the recommended configuration's seconds per update."""
+def study_at(model: str, global_batch: int, folder: str) -> tuple[list[dict], list[float]]:
+    """A convergence study's runs at the global batch, and the steps to target of those that
+    reached it; a study of another model, or with none that reached it there, is one line
+    (checked before a plan runs, and again when it is read)."""
     from pathlib import Path
 
     from b3core.studies.converge import LOG_NAME, read_log
 
     header, runs = read_log(Path(folder) / LOG_NAME)
     studied = header["study"]["step"]["model"]
-    if studied != plan.base.model:
-        raise B3Error(f"the study in {folder} trained {studied}, the plan is for {plan.base.model}")
-    at_n = [run for run in runs.values() if run["batch_size"] == plan.global_batch]
+    if studied != model:
+        raise B3Error(f"the study in {folder} trained {studied}, the plan is for {model}")
+    at_n = [run for run in runs.values() if run["batch_size"] == global_batch]
     reached = [run["steps_to_target"] for run in at_n if run["steps_to_target"] is not None]
     if not reached:
         raise B3Error(
-            f"the study in {folder} has no run at batch {plan.global_batch} that reached its "
+            f"the study in {folder} has no run at batch {global_batch} that reached its "
             f"target (batches: {sorted({run['batch_size'] for run in runs.values()})})"
         )
+    return at_n, reached
+
+
+def time_to_target(plan: Plan, folder: str) -> dict:
+    """The predicted time to a convergence study's target at the global batch: its runs'
+    mean steps to target there, times the recommended configuration's seconds per update."""
+    at_n, reached = study_at(plan.base.model, plan.global_batch, folder)
     best = plan.recommended()
     update_s = plan.global_batch / plan.rate(best)[0]
     steps = statistics.mean(reached)

@@ -275,8 +275,8 @@ def aggregate(records: Iterable[dict]) -> SweepResult:
     records = list(records)
     if len({r.get("seq_len") for r in records}) > 1:
         raise B3Error(
-            "this sweep spans several sequence lengths (--seq-lens): read one length at a time "
-            "(b3 advise takes a sweep at one length)"
+            "this sweep spans several sequence lengths (--seq-lens); b3 advise takes a sweep at "
+            "one length: sweep that length into its own --out"
         )
     by_size: dict[tuple[str, int], list[dict]] = {}
     for record in records:

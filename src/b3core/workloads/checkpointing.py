@@ -29,7 +29,11 @@ def checkpoint_blocks(model: nn.Module) -> list[nn.Module]:
     """The modules that "blocks" wraps, outermost first, none inside another."""
     hook = getattr(model, HOOK, None)
     if hook is not None:
-        named = list(hook() if callable(hook) else hook)
+        try:
+            named = [hook] if isinstance(hook, nn.Module) else list(
+                hook() if callable(hook) else hook)  # fmt: skip
+        except TypeError as exc:
+            raise B3Error(f"the model's {HOOK} must name modules: {exc}") from None
         if not named or not all(isinstance(m, nn.Module) for m in named):
             raise B3Error(f"the model's {HOOK} must name modules, got {named!r}")
         return _outermost(model, named)
@@ -70,7 +74,8 @@ def apply_checkpointing(model: nn.Module, policy: str, model_name: str) -> nn.Mo
     if not blocks:
         raise B3Error(
             f"{model_name} has no repeated blocks to checkpoint: name them with a {HOOK} "
-            "attribute (docs/own-model.md), or use --activation-checkpointing all"
+            "attribute (docs/own-model.md), or checkpoint all of it: "
+            "--activation-checkpointing all (b3 plan: --checkpointing all)"
         )
     if any(block is model for block in blocks):
         return checkpoint_wrapper(model)

@@ -235,12 +235,13 @@ def small_bn_cnn(num_classes: int, image_size: int) -> nn.Module:
 def tanh_cnn(num_classes: int, image_size: int) -> nn.Module:
     """The 2019 blog's CNN for 256x256x3: a conv, four (conv, BN, tanh, max-pool) blocks, 3 FC."""
     widths = [32, 32, 64, 128, 128]
+    stem = nn.Conv2d(3, widths[0], kernel_size=3, padding=1)  # built first: a seed's weights
     blocks = [
         _conv_block(c_in, c_out, nn.Tanh(), nn.MaxPool2d(2))
         for c_in, c_out in zip(widths, widths[1:])
     ]
     return nn.Sequential(
-        nn.Conv2d(3, widths[0], kernel_size=3, padding=1),
+        stem,
         *blocks,
         nn.AdaptiveAvgPool2d(4),
         nn.Flatten(),
