@@ -153,16 +153,17 @@ def test_every_tracked_number_of_b3s_suite_grows_when_the_step_slows(monkeypatch
     import benchmarks.asv_steps as suite
     from b3core.measuring.result import Peak, PeakMemory, StepResult
     from b3core.measuring.stats import Measurement
+    from b3core.measuring.telemetry_summary import Energy, TelemetrySummary
     from b3core.spec import StepSpec
     from b3core.suites import asv_suite
 
     def result(step_s):
         times = (step_s, step_s * 1.01, step_s * 0.99)
         # a 100 W device: its energy per sample grows with the step's time
-        energy = {"gpu": {"joules": 300 * step_s, "j_per_sample": 100 * step_s / 16}}
+        energy = {"gpu": Energy(300 * step_s, 100 * step_s / 16, "counter")}
         return StepResult(
             StepSpec("simple_cnn", 16), Measurement(times, 16), PeakMemory(2**20, None, "x"),
-            "cpu", telemetry={"contended": False, "contention": [], "energy": energy},
+            "cpu", telemetry=TelemetrySummary(0.05, 1.0, {}, {}, energy, {}),
             flops_per_step=10**8, peak=Peak(1e12, "x"),
         )  # fmt: skip
 

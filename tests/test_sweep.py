@@ -54,7 +54,7 @@ def test_sweep_merges_passes_and_records_oom_then_goes_on(tmp_path):
     train = {r.spec.batch_size: r for r in result.for_mode("train")}
     assert set(train) == {4, 8}
     assert all(r.measurement.time.n == 4 for r in train.values())  # 2 passes x 2 repeats
-    assert all(r.telemetry["passes"] == 2 for r in train.values())  # each pass's telemetry kept
+    assert all(r.telemetry.passes == 2 for r in train.values())  # each pass's telemetry kept
     # a size's FLOPs, counted in its first pass only, stay with the merged result
     _, units = read_log(tmp_path / LOG_NAME)
     counted = [r["result"]["flops_per_step"] for k, r in units.items() if "result" in r]

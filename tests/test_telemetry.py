@@ -15,6 +15,7 @@ import b3core.measuring.telemetry as telemetry
 from b3core.measuring.memory import PeakMemoryTracker
 from b3core.measuring.result import PeakMemory
 from b3core.measuring.runner import measure
+from b3core.measuring.telemetry_summary import Energy, SignalRange, TelemetrySummary
 from b3core.spec import StepSpec, Timing
 
 from .cli_helpers import b3, b3_here
@@ -95,26 +96,27 @@ def test_gpu_telemetry_reads_clocks_power_and_energy_from_the_counter(monkeypatc
     with telemetry.TelemetrySampler(GPU, interval_s=0.01) as sampler:
         time.sleep(0.1)
     record = sampler.summary(samples_processed=1000)
-    signals = record["signals"]
-    assert signals["gpu.sm_clock_mhz"] == {"min": 1980, "median": 1980, "max": 1980}
-    assert signals["gpu.power_w"]["median"] == 300 and signals["gpu.temperature_c"]["max"] == 61
-    energy = record["energy"]["gpu"]
+    signals = record.signals
+    assert signals["gpu.sm_clock_mhz"] == SignalRange(1980, 1980, 1980)
+    assert signals["gpu.power_w"].median == 300 and signals["gpu.temperature_c"].max == 61
+    energy = record.energy["gpu"]
     # two counter reads, around the run: 5 J, 5 mJ per sample
-    assert energy["method"] == "energy counter" and energy["joules"] == 5.0
-    assert energy["j_per_sample"] == pytest.approx(0.005)
+    assert energy.method == "energy counter" and energy.joules == 5.0
+    assert energy.j_per_sample == pytest.approx(0.005)
     assert fake.energy_reads == 2
-    assert record["gpu"]["throttled_samples"] == 0
-    assert not [c for c in record["contention"] if "GPU" in c]  # (the host's load may count)
-    assert any("not locked" in w for w in record["warnings"])
+    assert record.gpu.throttled_samples == 0
+    assert not [c for c in record.contention if "GPU" in c]  # (the host's load may count)
+    assert any("not locked" in w for w in record.warnings)
+    assert TelemetrySummary.from_dict(json.loads(json.dumps(record.to_dict()))) == record
 
 
 def test_without_an_energy_counter_power_is_integrated(monkeypatch):
     fake_nvml(monkeypatch, energy_counter=False)
     with telemetry.TelemetrySampler(GPU, interval_s=0.01) as sampler:
         time.sleep(0.2)
-    energy = sampler.summary(samples_processed=10)["energy"]["gpu"]
-    assert energy["method"] == "power integrated over the samples"
-    assert energy["joules"] == pytest.approx(300 * sampler_span(sampler), rel=1e-6)
+    energy = sampler.summary(samples_processed=10).energy["gpu"]
+    assert energy.method == "power integrated over the samples"
+    assert energy.joules == pytest.approx(300 * sampler_span(sampler), rel=1e-6)
 
 
 def sampler_span(sampler) -> float:
@@ -133,8 +135,9 @@ def test_throttling_is_named_marks_the_result_and_its_blocks_can_be_dropped(monk
     flags = [sampler.throttled_during(*span) for span in spans]
     assert flags[:2] == [False, False] and flags[-2:] == [True, True]
     record = sampler.summary(samples_processed=6)
-    assert record["contended"] and record["gpu"]["throttle_reasons"] == ["software power cap"]
-    assert "software power cap" in " ".join(record["contention"])
+    assert record.contended and record.gpu.throttle_reasons == ("software power cap",)
+    assert "software power cap" in " ".join(record.contention)
+    assert record.to_dict()["contended"] is True
 
 
 def test_the_machine_record_of_a_gpu_keeps_its_limits_and_clock_settings(monkeypatch):
@@ -155,8 +158,8 @@ def test_without_nvml_the_gpu_is_unavailable_with_the_reason(monkeypatch):
     with telemetry.TelemetrySampler(GPU, interval_s=0.01) as sampler:
         pass
     record = sampler.summary(1)
-    assert "nvidia-ml-py" in record["unavailable"]["gpu"]
-    assert "nvidia-ml-py" in record["energy"]["gpu"]["unavailable"]
+    assert "nvidia-ml-py" in record.unavailable["gpu"]
+    assert "nvidia-ml-py" in record.energy["gpu"].unavailable
     assert "nvidia-ml-py" in telemetry.gpu_state(GPU)["nvml"]
 
 
@@ -176,7 +179,7 @@ def test_a_busy_process_beside_the_measurement_marks_it_contended():
             process.kill()
             process.wait()
     assert loaded.contended, loaded.telemetry
-    assert loaded.telemetry["cpu"]["outside_load_cores"] > telemetry.OUTSIDE_LOAD_LIMIT_CORES
+    assert loaded.telemetry.cpu.outside_load_cores > telemetry.OUTSIDE_LOAD_LIMIT_CORES
     assert any(w.startswith("contended: other processes kept") for w in loaded.warnings)
     assert not quiet.contended, quiet.telemetry  # the quiet run, for contrast
 
@@ -197,7 +200,7 @@ def test_our_own_processes_are_not_outside_load(tmp_path):
     finally:
         busy.kill()
         busy.wait()
-    assert sampler.summary(1)["cpu"]["outside_load_cores"] < telemetry.OUTSIDE_LOAD_LIMIT_CORES
+    assert sampler.summary(1).cpu.outside_load_cores < telemetry.OUTSIDE_LOAD_LIMIT_CORES
 
 
 def test_step_json_carries_telemetry_and_says_what_is_unavailable(tmp_path):
@@ -274,14 +277,16 @@ def test_asv_and_pytest_benchmark_carry_the_contended_mark():
     from b3core.suites.asv_suite import _TrainCost
     from b3core.suites.pytest_plugin import extra_info
 
-    contended = {"contended": True, "contention": ["the hypervisor stole 9% of CPU time"],
-                 "energy": {"gpu": {"joules": 5.0, "j_per_sample": 0.5}}}  # fmt: skip
+    contended = TelemetrySummary(
+        0.05, 1.0, {}, {}, {"cpu": Energy(9.0, 0.9, "RAPL"), "gpu": Energy(5.0, 0.5, "counter")},
+        {}, contention=("the hypervisor stole 9% of CPU time",),
+    )  # fmt: skip
     result = measure(StepSpec("simple_cnn", 4, device=CPU), Timing(repeats=2))
     result = dataclasses.replace(result, telemetry=contended)
     bench = _TrainCost()
     bench.result = result
     assert bench.track_contended("simple_cnn", 4, "fp32") == 1.0
-    assert bench.track_joules_per_sample("simple_cnn", 4, "fp32") == 0.5
+    assert bench.track_joules_per_sample("simple_cnn", 4, "fp32") == 0.5  # the GPU's first
     info = extra_info(result)
     assert info["contended"] is True
     assert extra_info(dataclasses.replace(result, telemetry=None))["contended"] is None
@@ -290,25 +295,25 @@ def test_asv_and_pytest_benchmark_carry_the_contended_mark():
 
 def test_a_sweeps_passes_merge_into_one_summary():
     def record(seconds, steal, joules, per_sample, contended):
-        return {
+        return TelemetrySummary.from_dict({
             "interval_s": 0.05, "seconds": seconds, "samples": {"cpu": 10},
             "signals": {"cpu.load_average_1min": {"min": steal, "median": steal, "max": steal}},
             "energy": {"cpu": {"joules": joules, "j_per_sample": per_sample, "method": "RAPL"}},
             "unavailable": {}, "warnings": [], "cpu": {"steal_share": steal,
             "outside_load_cores": 0.0}, "contended": contended,
             "contention": ["the hypervisor stole 20% of CPU time"] if contended else [],
-        }  # fmt: skip
+        })  # fmt: skip
 
-    merged = telemetry.merge_summaries(
+    merged = TelemetrySummary.merged(
         [record(1.0, 0.0, 10.0, 0.1, False), record(3.0, 0.2, 30.0, 0.3, True)]
     )
-    assert merged["seconds"] == 4.0 and merged["passes"] == 2
-    assert merged["cpu"]["steal_share"] == pytest.approx(0.15)  # weighted by time
-    assert merged["signals"]["cpu.load_average_1min"] == {"min": 0.0, "median": 0.1, "max": 0.2}
-    assert merged["energy"]["cpu"]["joules"] == 40.0
-    assert merged["energy"]["cpu"]["j_per_sample"] == pytest.approx(40.0 / 200)  # 100 + 100
-    assert merged["contended"] and merged["contention"] == ["the hypervisor stole 20% of CPU time"]
-    assert telemetry.merge_summaries([None]) is None
+    assert merged.seconds == 4.0 and merged.passes == 2 and merged.to_dict()["passes"] == 2
+    assert merged.cpu.steal_share == pytest.approx(0.15)  # weighted by time
+    assert merged.signals["cpu.load_average_1min"] == SignalRange(0.0, 0.1, 0.2)
+    assert merged.energy["cpu"].joules == 40.0
+    assert merged.energy["cpu"].j_per_sample == pytest.approx(40.0 / 200)  # 100 + 100
+    assert merged.contended and merged.contention == ("the hypervisor stole 20% of CPU time",)
+    assert TelemetrySummary.merged([None]) is None
 
 
 def test_discarding_throttled_blocks_drops_those_and_counts_them():
@@ -343,8 +348,8 @@ def test_the_runner_drops_throttled_blocks_and_charges_energy_to_every_timed_sam
 
         def summary(self, processed, discarded):
             calls.update(processed=processed, discarded=discarded)
-            return {"contended": False, "contention": [], "warnings": [],
-                    "discarded_throttled_blocks": discarded}  # fmt: skip
+            return TelemetrySummary(0.05, 1.0, {}, {}, {}, {},
+                                    discarded_throttled_blocks=discarded)  # fmt: skip
 
     monkeypatch.setattr(runner, "require_throttle_readings", lambda device: None)
     monkeypatch.setattr(runner, "telemetry_sampler", lambda d, t: contextlib.nullcontext(Sampler()))

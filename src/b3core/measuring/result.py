@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from b3core.measuring.stats import Measurement, Throughput
+from b3core.measuring.telemetry_summary import TelemetrySummary
 from b3core.spec.step import StepSpec
 from b3core.workloads.info import WorkloadInfo
 
@@ -180,13 +181,6 @@ class DistributedInfo:
         )
 
 
-def contention_note(telemetry: dict | None) -> str | None:
-    """The one-line "contended: ..." that tables, plots, pytest and asv show, or None."""
-    if not telemetry or not telemetry.get("contended"):
-        return None
-    return "contended: " + "; ".join(telemetry["contention"])
-
-
 @dataclass(frozen=True)
 class StepResult:
     """A measured configuration: raw times with derived statistics, peak memory, the warm-up,
@@ -200,8 +194,7 @@ class StepResult:
     workload: WorkloadInfo | None = None
     skipped_steps: int = 0
     distributed: DistributedInfo | None = None  # data parallel: the world and every rank's times
-    # the machine's state in the timed region (measuring/telemetry.py); None: not sampled
-    telemetry: dict | None = None
+    telemetry: TelemetrySummary | None = None  # the timed region's machine state; None: unsampled
     flops_per_step: int | None = None  # counted by FlopCounterMode (measuring/flops.py)
     peak: Peak | None = None  # what MFU divides by (measuring/peaks.py)
     recomputed_flops_per_step: int = 0  # of flops_per_step, activation checkpointing's
@@ -269,17 +262,18 @@ class StepResult:
 
     @property
     def contended(self) -> bool:
-        return bool(self.telemetry and self.telemetry.get("contended"))
+        return bool(self.telemetry and self.telemetry.contended)
 
     @property
     def warnings(self) -> list[str]:
         notes = list(self.measurement.warnings)
         if self.telemetry:
-            note = contention_note(self.telemetry)
-            notes += ([note] if note else []) + list(self.telemetry.get("warnings", ()))
-            if self.telemetry.get("discarded_throttled_blocks"):
+            if self.telemetry.contended:
+                notes.append("contended: " + "; ".join(self.telemetry.contention))
+            notes += self.telemetry.warnings
+            if self.telemetry.discarded_throttled_blocks:
                 notes.append(
-                    f"{self.telemetry['discarded_throttled_blocks']} timed sample(s) taken while "
+                    f"{self.telemetry.discarded_throttled_blocks} timed sample(s) taken while "
                     "the GPU throttled were discarded"
                 )
         if self.warmup and not self.warmup.settled:
@@ -328,7 +322,7 @@ class StepResult:
             "workload": self.workload.to_dict() if self.workload else None,
             "device_name": self.device_name,
             "distributed": self.distributed.to_dict() if self.distributed else None,
-            "telemetry": self.telemetry,
+            "telemetry": self.telemetry.to_dict() if self.telemetry else None,
             "contended": self.contended,
             "flops_per_step": self.flops_per_step,
             "flops_per_s": self.flops_per_s,
@@ -363,7 +357,7 @@ class StepResult:
             WorkloadInfo.from_dict(d["workload"]) if d.get("workload") else None,
             int(d.get("skipped_steps", 0)),
             DistributedInfo.from_dict(d["distributed"]) if d.get("distributed") else None,
-            d.get("telemetry"),
+            TelemetrySummary.from_dict(d["telemetry"]) if d.get("telemetry") else None,
             d.get("flops_per_step"),
             Peak(d["peak_flops_per_s"], d["peak_flops_source"])
             if d.get("peak_flops_per_s")

@@ -20,9 +20,18 @@ import statistics
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+
+from b3core.measuring.telemetry_summary import (
+    CpuShares,
+    Energy,
+    GpuState,
+    SignalRange,
+    TelemetrySummary,
+)
 
 SAMPLE_INTERVAL_S = 0.05
 # Beyond these, a measurement is marked contended: the hypervisor took more than this share of
@@ -343,10 +352,11 @@ class TelemetrySampler:
         inside = [s for t, s in gpu if start <= t <= end]
         return any(_throttle_names(s["event_reasons"]) for s in before + inside)
 
-    def summary(self, samples_processed: int, discarded_blocks: int | None = None) -> dict:
-        """The record a result keeps: min/median/max of every signal, energy per sample, the
-        contention verdict and its reasons, and what was unavailable and why."""
-        signals: dict[str, dict] = {}
+    def summary(
+        self, samples_processed: int, discarded_blocks: int | None = None
+    ) -> TelemetrySummary:
+        """The record a result keeps (measuring/telemetry_summary.py)."""
+        signals: dict[str, SignalRange] = {}
         for prefix, rows in self.samples.items():
             keys = sorted({k for _, s in rows for k in s if k != "event_reasons"})
             # the first CPU sample covers no interval: its shares are 0 by construction
@@ -354,65 +364,58 @@ class TelemetrySampler:
             for key in keys:
                 values = [s[key] for _, s in rows if s.get(key) is not None]
                 if values:
-                    signals[f"{prefix}.{key}"] = {
-                        "min": min(values),
-                        "median": statistics.median(values),
-                        "max": max(values),
-                    }
-        record: dict = {
-            "interval_s": self.interval_s,
-            "seconds": self.ended - self.began,
-            "samples": {prefix: len(rows) for prefix, rows in self.samples.items()},
-            "signals": signals,
-            "energy": {},
-            "unavailable": dict(self.unavailable),
-            "warnings": [],
-            "contention": [],
-        }
+                    signals[f"{prefix}.{key}"] = SignalRange(
+                        min(values), statistics.median(values), max(values)
+                    )
+        energy: dict[str, Energy] = {}
         for source in self.sources:
-            energy = source.energy(self.samples[source.prefix])
-            if "joules" in energy and samples_processed:
-                energy["j_per_sample"] = energy["joules"] / samples_processed
-            record["energy"][source.prefix] = energy
+            measured = Energy.from_dict(source.energy(self.samples[source.prefix]))
+            if measured.joules is not None and samples_processed:
+                measured = replace(measured, j_per_sample=measured.joules / samples_processed)
+            energy[source.prefix] = measured
         for prefix in ("cpu", "gpu"):
-            if prefix in self.unavailable and prefix not in record["energy"]:
-                record["energy"][prefix] = {"unavailable": self.unavailable[prefix]}
+            if prefix in self.unavailable and prefix not in energy:
+                energy[prefix] = Energy(unavailable=self.unavailable[prefix])
+        warnings, contention = [], []
+        cpu_shares = gpu_state_record = None
         cpu = next((s for s in self.sources if s.prefix == "cpu"), None)
         if cpu is not None:
-            run = cpu.whole_run()
-            record["cpu"] = run
-            if run["steal_share"] > STEAL_LIMIT:
-                record["contention"].append(
-                    f"the hypervisor stole {run['steal_share']:.0%} of CPU time"
-                )
-            if run["outside_load_cores"] > OUTSIDE_LOAD_LIMIT_CORES:
-                record["contention"].append(
-                    f"other processes kept {run['outside_load_cores']:.1f} CPU cores busy"
+            cpu_shares = CpuShares(**cpu.whole_run())
+            if cpu_shares.steal_share > STEAL_LIMIT:
+                contention.append(f"the hypervisor stole {cpu_shares.steal_share:.0%} of CPU time")
+            if cpu_shares.outside_load_cores > OUTSIDE_LOAD_LIMIT_CORES:
+                contention.append(
+                    f"other processes kept {cpu_shares.outside_load_cores:.1f} CPU cores busy"
                 )
         gpu = next((s for s in self.sources if s.prefix == "gpu"), None)
         if gpu is not None:
             named = [_throttle_names(s["event_reasons"]) for _, s in self.samples["gpu"]]
-            reasons = sorted({name for names in named for name in names})
+            reasons = tuple(sorted({name for names in named for name in names}))
             throttled = sum(bool(names) for names in named)
-            record["gpu"] = {
-                "clocks_locked": gpu.locked,
-                "throttled_samples": throttled,
-                "throttle_reasons": reasons,
-            }
+            gpu_state_record = GpuState(gpu.locked, throttled, reasons)
             if reasons:
-                record["contention"].append(
+                contention.append(
                     f"the GPU throttled ({', '.join(reasons)}) in {throttled} of "
                     f"{len(self.samples['gpu'])} samples"
                 )
             if not gpu.locked:
-                record["warnings"].append(
+                warnings.append(
                     "GPU clocks are not locked (nvidia-smi -lgc / -ac): the clock boosts and "
                     "drops with heat and power, so runs vary more"
                 )
-        if discarded_blocks is not None:
-            record["discarded_throttled_blocks"] = discarded_blocks
-        record["contended"] = bool(record["contention"])
-        return record
+        return TelemetrySummary(
+            self.interval_s,
+            self.ended - self.began,
+            {prefix: len(rows) for prefix, rows in self.samples.items()},
+            signals,
+            energy,
+            dict(self.unavailable),
+            tuple(warnings),
+            tuple(contention),
+            cpu_shares,
+            gpu_state_record,
+            discarded_blocks,
+        )
 
 
 def _throttle_names(reasons: int) -> list[str]:
@@ -429,64 +432,3 @@ def require_throttle_readings(device: torch.device) -> None:
         nvml_handle(device)
     except Unavailable as why:
         raise B3Error(f"--discard-throttled needs NVML: {why}") from None
-
-
-def merge_summaries(records: list[dict | None]) -> dict | None:
-    """One summary for a configuration timed in several passes (a sweep's): sums of time,
-    samples and energy, min of minima and max of maxima, the median of the passes' medians,
-    time-weighted CPU shares, and contended if any pass was."""
-    records = [r for r in records if r]
-    if len(records) <= 1:
-        return records[0] if records else None
-    seconds = [r["seconds"] for r in records]
-    merged: dict = {
-        "interval_s": records[0]["interval_s"],
-        "seconds": sum(seconds),
-        "passes": len(records),
-        "samples": {},
-        "signals": {},
-        "energy": {},
-        "unavailable": {k: v for r in records for k, v in r["unavailable"].items()},
-        "warnings": list(dict.fromkeys(w for r in records for w in r["warnings"])),
-        "contention": list(dict.fromkeys(c for r in records for c in r["contention"])),
-    }
-    for r in records:
-        for prefix, n in r["samples"].items():
-            merged["samples"][prefix] = merged["samples"].get(prefix, 0) + n
-    for key in dict.fromkeys(k for r in records for k in r["signals"]):
-        parts = [r["signals"][key] for r in records if key in r["signals"]]
-        merged["signals"][key] = {
-            "min": min(p["min"] for p in parts),
-            "median": statistics.median(p["median"] for p in parts),
-            "max": max(p["max"] for p in parts),
-        }
-    if all("cpu" in r for r in records):
-        merged["cpu"] = {
-            key: sum(r["cpu"][key] * s for r, s in zip(records, seconds)) / sum(seconds)
-            for key in records[0]["cpu"]
-        }
-    for source in dict.fromkeys(k for r in records for k in r["energy"]):
-        parts = [r["energy"].get(source, {}) for r in records]
-        if all("j_per_sample" in p for p in parts):
-            joules = sum(p["joules"] for p in parts)
-            samples = sum(p["joules"] / p["j_per_sample"] for p in parts if p["j_per_sample"])
-            merged["energy"][source] = {
-                "joules": joules,
-                "j_per_sample": joules / samples if samples else None,
-                "method": parts[0]["method"],
-            }
-        else:
-            merged["energy"][source] = next((p for p in parts if "unavailable" in p), parts[0])
-    if all("gpu" in r for r in records):
-        merged["gpu"] = {
-            "clocks_locked": records[0]["gpu"]["clocks_locked"],
-            "throttled_samples": sum(r["gpu"]["throttled_samples"] for r in records),
-            "throttle_reasons": sorted({x for r in records for x in r["gpu"]["throttle_reasons"]}),
-        }
-    discarded = [
-        r["discarded_throttled_blocks"] for r in records if "discarded_throttled_blocks" in r
-    ]
-    if discarded:
-        merged["discarded_throttled_blocks"] = sum(discarded)
-    merged["contended"] = any(r["contended"] for r in records)
-    return merged

@@ -10,6 +10,7 @@ import pandas as pd
 
 from b3core.measuring.result import PHASE_NAMES, StepResult
 from b3core.measuring.stats import QUARTILES, Measurement, Summary, Throughput
+from b3core.measuring.telemetry_summary import SignalRange, TelemetrySummary
 
 if TYPE_CHECKING:  # a record only: loading results never imports torch
     from b3core.studies.experiment import ExperimentResult
@@ -62,6 +63,7 @@ def results_frame(results: Iterable[StepResult], source: str | None = None) -> p
     """One numeric row per configuration: what CSV files and plots are made from."""
     rows = []
     for r in results:
+        cpu = r.telemetry.cpu if r.telemetry else None
         m, s = r.measurement, r.spec
         rate = m.throughput
         rows.append(
@@ -111,9 +113,9 @@ def results_frame(results: Iterable[StepResult], source: str | None = None) -> p
                 "skipped_steps": r.skipped_steps,
                 "notes": short_notes(r),
                 "contended": r.contended,
-                "steal_share": (r.telemetry or {}).get("cpu", {}).get("steal_share"),
-                "outside_load_cores": (r.telemetry or {}).get("cpu", {}).get("outside_load_cores"),
-                "energy_j_per_sample": _energy_per_sample(r.telemetry),
+                "steal_share": cpu.steal_share if cpu else None,
+                "outside_load_cores": cpu.outside_load_cores if cpu else None,
+                "energy_j_per_sample": r.telemetry.energy_per_sample if r.telemetry else None,
                 "device": r.device_name,
             }
         )
@@ -122,15 +124,6 @@ def results_frame(results: Iterable[StepResult], source: str | None = None) -> p
         return frame
     order = ["source", "model", "mode", "precision", "accum", "seq_len", "batch"]
     return frame.sort_values(order, kind="stable", na_position="first").reset_index(drop=True)
-
-
-def _energy_per_sample(telemetry: dict | None) -> float | None:
-    """The GPU's J/sample where measured, else the CPU package's."""
-    energy = (telemetry or {}).get("energy", {})
-    for source in ("gpu", "cpu"):
-        if "j_per_sample" in energy.get(source, {}):
-            return energy[source]["j_per_sample"]
-    return None
 
 
 def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -240,19 +233,19 @@ def short_notes(r: StepResult) -> str:
     return ", ".join(notes)
 
 
-def _range(signal: dict, unit: str, fmt: str = ".0f") -> str:
-    low, mid, high = signal["min"], signal["median"], signal["max"]
+def _range(signal: SignalRange, unit: str, fmt: str = ".0f") -> str:
+    low, mid, high = signal.min, signal.median, signal.max
     return f"{mid:{fmt}} {unit} (min {low:{fmt}}, max {high:{fmt}})"
 
 
-def describe_telemetry(telemetry: dict) -> list[str]:
+def describe_telemetry(telemetry: TelemetrySummary) -> list[str]:
     """The telemetry lines of a step's report: CPU contention, GPU state, energy."""
-    signals, lines = telemetry.get("signals", {}), []
-    cpu = telemetry.get("cpu")
+    signals, lines = telemetry.signals, []
+    cpu = telemetry.cpu
     if cpu:
         lines.append(
-            f"CPU steal {cpu['steal_share']:.1%} of CPU time, other processes "
-            f"{cpu['outside_load_cores']:.2f} cores busy (whole timed region)"
+            f"CPU steal {cpu.steal_share:.1%} of CPU time, other processes "
+            f"{cpu.outside_load_cores:.2f} cores busy (whole timed region)"
         )
     gpu_parts = [
         f"{label} {_range(signals[key], unit)}"
@@ -266,16 +259,16 @@ def describe_telemetry(telemetry: dict) -> list[str]:
     ]
     if gpu_parts:
         lines.append("GPU " + "; ".join(gpu_parts))
-    for source, energy in telemetry.get("energy", {}).items():
-        if "joules" in energy:
-            per = energy.get("j_per_sample")
+    for source, energy in telemetry.energy.items():
+        if energy.joules is not None:
+            per = energy.j_per_sample
             lines.append(
-                f"{source.upper()} energy {energy['joules']:.3g} J"
+                f"{source.upper()} energy {energy.joules:.3g} J"
                 + (f", {per:.3g} J/sample" if per is not None else "")
-                + f" ({energy['method']})"
+                + f" ({energy.method})"
             )
-        elif source == "cpu" or telemetry.get("gpu") is not None:
-            lines.append(f"{source.upper()} energy unavailable: {energy['unavailable']}")
+        elif source == "cpu" or telemetry.gpu is not None:
+            lines.append(f"{source.upper()} energy unavailable: {energy.unavailable}")
     return lines
 
 

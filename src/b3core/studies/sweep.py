@@ -21,7 +21,7 @@ from b3core.errors import B3Error, StepOutOfMemory
 from b3core.measuring.isolation import measure_maybe_isolated
 from b3core.measuring.result import StepResult
 from b3core.measuring.stats import Measurement
-from b3core.measuring.telemetry import merge_summaries
+from b3core.measuring.telemetry_summary import TelemetrySummary
 from b3core.spec import formats
 from b3core.spec.step import StepSpec, Timing
 from b3core.studies import log_file
@@ -302,7 +302,7 @@ def aggregate(records: Iterable[dict]) -> SweepResult:
                 first.warmup,
                 first.workload,
                 sum(r.skipped_steps for r in measured),
-                telemetry=merge_summaries([r.telemetry for r in measured]),
+                telemetry=TelemetrySummary.merged([r.telemetry for r in measured]),
                 flops_per_step=counted.flops_per_step if counted else None,
                 peak=counted.peak if counted else None,
                 recomputed_flops_per_step=counted.recomputed_flops_per_step if counted else 0,

@@ -111,8 +111,7 @@ class _TrainCost:
 
     def track_joules_per_sample(self, model, batch_size, precision):
         """Energy per training sample where a counter exists (NVML, RAPL); n/a elsewhere."""
-        energy = (self.result.telemetry or {}).get("energy", {})
-        return next((e["j_per_sample"] for e in energy.values() if "j_per_sample" in e), None)
+        return self.result.telemetry.energy_per_sample if self.result.telemetry else None
 
     track_joules_per_sample.unit = "joules"
 
