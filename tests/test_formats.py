@@ -27,6 +27,29 @@ def test_files_from_before_formats_are_upgraded_through_their_kind():
     assert formats.upgraded("find-max", old, "f") == {"format": "b3/find-max/1", **old}
 
 
+def test_result_records_of_every_b3_load_through_one_upgrade():
+    """A result carries its format; b3 0.2-0.4's records (no format) read as they were; b3 0.1's
+    (docs/results/vm-cpu/b3-0.1/run-127.json) get the per-step clock and their first call's
+    time as the warm-up."""
+    from pathlib import Path
+
+    from b3core.measuring.result import StepResult
+
+    repo = Path(__file__).resolve().parents[1]
+    old = json.loads((repo / "docs/results/vm-cpu/b3-0.1/run-127.json").read_text())
+    record = old["result"]["step"]
+    assert "format" not in record and "clock" not in record["measurement"]
+    loaded = StepResult.from_dict(record)
+    assert loaded.measurement.clock == "per-step"
+    assert loaded.first_call_s == record["first_call_s"] and loaded.warmup.steps == 0
+    saved = loaded.to_dict()
+    assert saved["format"] == "b3/result/1"
+    unversioned = {k: v for k, v in saved.items() if k != "format"}  # as b3 0.4 wrote it
+    assert StepResult.from_dict(unversioned) == StepResult.from_dict(saved) == loaded
+    blocked = {**unversioned, "measurement": {**saved["measurement"], "clock": "blocked"}}
+    assert StepResult.from_dict(blocked).measurement.clock == "blocked"  # not overwritten
+
+
 def test_a_version_1_sweep_keeps_its_welch_alignment_apart():
     old = {"format": "b3/sweep/1", "results": [], "alignment": [{"diff": 3.0, "p_value": 0.2}]}
     assert formats.upgraded("sweep", old, "f") == {

@@ -70,11 +70,6 @@ def test_throughput_interval_is_scipys_bootstrap_of_the_ratio():
     assert np.isnan(ratio_throughput([0.01], 32).ci95[0])  # one sample: no interval
 
 
-def test_a_saved_b3_0_1_measurement_loads_as_per_step():
-    m = Measurement.from_dict({"times_s": [0.1, 0.2], "samples_per_step": 8})
-    assert (m.clock, m.steps_per_sample) == ("per-step", 1)
-
-
 def test_measurement_warns_when_noisy_or_too_short():
     steady = Measurement(times=(1.0, 1.01, 0.99, 1.005, 0.995), samples_per_step=1)
     noisy = Measurement(times=(1.0, 1.5, 0.7, 1.3, 0.8), samples_per_step=1)

@@ -11,6 +11,7 @@ import numpy as np
 
 from b3core.measuring.stats import Measurement, Throughput
 from b3core.measuring.telemetry_summary import TelemetrySummary
+from b3core.spec import formats
 from b3core.spec.step import StepSpec
 from b3core.workloads.info import WorkloadInfo
 
@@ -190,7 +191,7 @@ class StepResult:
     measurement: Measurement
     memory: PeakMemory
     device_name: str
-    warmup: Warmup | None = None  # None: loaded from b3 0.1, which did not record it
+    warmup: Warmup | None = None  # None: not recorded (b3 0.1)
     workload: WorkloadInfo | None = None
     skipped_steps: int = 0
     distributed: DistributedInfo | None = None  # data parallel: the world and every rank's times
@@ -307,6 +308,7 @@ class StepResult:
     def to_dict(self) -> dict:
         m, tokens = self.measurement, self.token_throughput
         return {
+            "format": formats.tag("result"),
             "label": self.spec.label,
             "spec": self.spec.to_dict(),
             "clock": m.clock,
@@ -339,15 +341,10 @@ class StepResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> StepResult:
-        """Reads what to_dict wrote (derived figures are recomputed), and b3 0.1's records."""
+        """Reads what to_dict wrote (derived figures are recomputed), older records through
+        their upgrade (`_from_unversioned`)."""
+        d = formats.upgraded("result", d, "a b3 result")
         warmup = d.get("warmup")
-        if warmup is None and "first_call_s" in d:  # b3 0.1
-            warmup = {
-                "steps": 0,
-                "first_call_s": d["first_call_s"],
-                "settled": True,
-                "skipped_updates": 0,
-            }
         return cls(
             StepSpec.from_dict(d["spec"]),
             Measurement.from_dict(d["measurement"]),
@@ -365,3 +362,28 @@ class StepResult:
             int(d.get("recomputed_flops_per_step") or 0),
             PhaseTimes.from_dict(d["phases"]) if d.get("phases") else None,
         )
+
+
+@formats.upgrade("result", 0)
+def _from_unversioned(d: dict) -> dict:
+    """Result records carried no format before b3 0.5; b3 0.2 to 0.4 wrote today's shape.
+    b3 0.1's named no clock (it timed every step) and kept only the first call's time of the
+    warm-up; its pytest plugin wrote the record flat into a benchmark's extra_info."""
+    if "b3_spec" in d:  # b3 0.1's extra_info
+        d = {
+            "spec": d["b3_spec"],
+            "measurement": {"times_s": d["times_s"], "samples_per_step": d["samples_per_step"]},
+            "memory": {
+                "peak_bytes": d["peak_memory_bytes"],
+                "reserved_bytes": d.get("peak_memory_reserved_bytes"),
+                "source": d.get("peak_memory_source", "unknown"),
+            },
+            "device_name": d.get("device_name", "unknown"),
+        }
+    if "clock" in d["measurement"]:
+        return d
+    warmup = None
+    if "first_call_s" in d:
+        warmup = {"steps": 0, "first_call_s": d["first_call_s"], "settled": True}
+        warmup["skipped_updates"] = 0
+    return {**d, "measurement": {**d["measurement"], "clock": "per-step"}, "warmup": warmup}

@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from b3core.errors import B3Error
-from b3core.measuring.result import PeakMemory, StepResult
-from b3core.measuring.stats import Measurement
-from b3core.spec.step import StepSpec
+from b3core.measuring.result import StepResult
 
 
 @dataclass(frozen=True)
@@ -25,19 +23,9 @@ def _result_from_benchmark(record: dict) -> StepResult | None:
     info = record.get("extra_info") or {}
     if "b3_result" in info:
         return StepResult.from_dict(info["b3_result"])
-    if "b3_spec" not in info:
-        return None  # a benchmark that is not a b3 case (the overhead check, say)
-    # b3 0.1 kept the raw per-step times flat in extra_info
-    return StepResult(
-        StepSpec.from_dict(info["b3_spec"]),
-        Measurement(tuple(float(t) for t in info["times_s"]), int(info["samples_per_step"])),
-        PeakMemory(
-            int(info["peak_memory_bytes"]),
-            info.get("peak_memory_reserved_bytes"),
-            info.get("peak_memory_source", "unknown"),
-        ),
-        info.get("device_name", "unknown"),
-    )
+    if "b3_spec" in info:  # b3 0.1 kept the record flat in extra_info
+        return StepResult.from_dict(info)
+    return None  # a benchmark that is not a b3 case (the overhead check, say)
 
 
 def load_benchmark_json(path: str | Path) -> ResultSet:

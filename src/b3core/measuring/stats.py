@@ -207,12 +207,12 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, d: dict) -> Measurement:
-        """Raw fields only; b3 0.1 wrote per-step times without naming the clock."""
+        """Raw fields only."""
         return cls(
             tuple(float(t) for t in d["times_s"]),
             int(d["samples_per_step"]),
             int(d.get("steps_per_sample", 1)),
-            d.get("clock", "per-step"),
+            d["clock"],
         )
 
 

@@ -20,6 +20,7 @@ CURRENT = {
     "compare": 1,
     "align": 2,  # 2: blocks name their unit ("16"), not their size
     "plan": 1,
+    "result": 1,  # a measured step's record, inside the files of the other kinds
     "scale": 1,
     "sweep": 2,
     "sweep-log": 1,
