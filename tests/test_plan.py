@@ -70,7 +70,7 @@ class FakeMachine:
     def rate(self, spec: StepSpec) -> float:
         return self.rates[(spec.activation_checkpointing, spec.batch_size)]
 
-    def measured_peak(self, spec, budget):
+    def measured_peak(self, spec, budget, peak_tflops=None):
         self.measured.append(
             (spec.batch_size, spec.accumulation_steps, spec.activation_checkpointing)
         )
@@ -195,6 +195,7 @@ def test_b3_plan_end_to_end(tmp_path):
          "--global-batch", "16", "--memory-budget", "64MiB", "--device", "cpu",
          "--checkpointing", "none", "--max-accumulation", "4",
          "--max-time", "6", "--epoch-time", "0.1", "--min-epochs", "3", "--json", str(out),
+         "--peak-tflops", "0.5",
          "--plot", str(tmp_path / "plan.png")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -204,6 +205,9 @@ def test_b3_plan_end_to_end(tmp_path):
     timed = [c for c in record["candidates"] if c["timed"]]
     assert len(timed) >= 2 and all(c["measured_peak_bytes"] <= 64 * MiB for c in timed)
     assert all(c["samples_per_s"] > 0 for c in timed)
+    # MFU divides by the peak given, not by this CPU's measured matmul rate
+    assert {c["result"]["peak_flops_source"] for c in timed} == {"--peak-tflops"}
+    assert all(c["result"]["peak_flops_per_s"] == 0.5e12 for c in timed)
     assert "Fastest:" in proc.stdout and "Learning rate for batch 16" in proc.stdout
     assert (tmp_path / "plan.png").stat().st_size > 0
 

@@ -81,12 +81,13 @@ def check_writable(args: argparse.Namespace, *options: str) -> None:
 
 def write_json(path: str | Path, kind: str, payload: dict) -> None:
     """A command's JSON file, its format first (spec/formats.py)."""
+    from b3core.files import atomic_write
     from b3core.spec.formats import stamped
 
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(stamped(kind, payload), indent=2, default=str) + "\n")
+    atomic_write(path, json.dumps(stamped(kind, payload), indent=2, default=str) + "\n")
 
 
 def _flags(flags: tuple[str, ...]) -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from b3core.files import atomic_write
 from b3core.measuring.clocks import time_block
 from b3core.measuring.machine import device_name
 from b3core.measuring.result import Peak
@@ -146,7 +147,7 @@ def cpu_matmul_peak(dtype: torch.dtype) -> Peak:
         cached[key] = {"flops_per_s": flops_per_s, "size": size, "measured": time.time()}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(cached, indent=1))
+            atomic_write(path, json.dumps(cached, indent=1))
         except OSError:
             pass  # a read-only home: measured again next time
     entry = cached[key]

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from matplotlib import rcParams
 
+from b3core.files import atomic_write
 from b3core.reports.plots import subplots
-from b3core.reports.sweep_report import atomic_write
 from b3core.reports.tables import mean_pm_sd
 from b3core.spec.converge import CLOCK, ConvergeSpec
 from b3core.spec.formats import stamped

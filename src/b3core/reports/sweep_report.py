@@ -4,12 +4,12 @@ and the text summary. Pure functions of saved results: nothing here measures or 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from b3core.files import atomic_write
 from b3core.reports.plots import plot_batch_curves, plot_tokens_over_lengths
 from b3core.reports.tables import display_frame, results_frame, to_text
 from b3core.spec.formats import stamped
@@ -36,13 +36,6 @@ def sweep_frame(sweep: SweepResult) -> pd.DataFrame:
         ]
     )
     return pd.concat([frame, failures], ignore_index=True) if not failures.empty else frame
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Readers never see a half-written file, even if the sweep is killed mid-write."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def analytic_memory(sweep: SweepResult) -> AnalyticMemory | None:

@@ -86,6 +86,10 @@ class PlanSettings(InterleaveSettings):
             help="the most micro-batches per update a candidate may take",
         ),
     )
+    # MFU's denominator for a device not in the peak table (declared once, by Timing)
+    peak_tflops: float | None = field(
+        default=None, metadata=Timing.__dataclass_fields__["peak_tflops"].metadata
+    )
 
 
 @dataclass(frozen=True)
@@ -312,11 +316,13 @@ def _reversed(c: Comparison) -> Comparison:
     return flipped
 
 
-def measured_peak(spec: StepSpec, budget: int | None) -> StepResult | None:
+def measured_peak(
+    spec: StepSpec, budget: int | None, peak_tflops: float | None = None
+) -> StepResult | None:
     """One run of the candidate (its peak, FLOPs and phases), or None if it did not fit."""
     try:
         # a user's own step (--train-step) has no phases to mark
-        timing = CHECK_TIMING.replace(phases=not spec.train_step)
+        timing = CHECK_TIMING.replace(phases=not spec.train_step, peak_tflops=peak_tflops)
         return measure(spec, timing, memory_budget=budget)
     except StepOutOfMemory:
         return None
@@ -360,7 +366,7 @@ def judge_lever(
     candidates: list[Candidate],
     memory: LeverMemory,
     budget: int | None,
-    timed_per_lever: int,
+    settings: PlanSettings,
     on_probe: Callable[[str], None],
 ) -> None:
     """Predict each candidate's peak; measure the largest that may fit until enough fit."""
@@ -368,7 +374,7 @@ def judge_lever(
         c.predicted_peak = memory.fit.predict(c.spec.batch_size) if memory.fit else None
     found = 0
     for c in candidates:  # largest micro-batch first
-        if found == timed_per_lever:
+        if found == settings.timed_per_lever:
             predicted_fits = c.predicted_peak is not None and (
                 budget is None or c.predicted_peak <= budget * (1 - NEAR_BUDGET)
             )
@@ -382,7 +388,7 @@ def judge_lever(
                 c.feasible = False
                 c.why = f"does not fit (predicted {c.predicted_peak / 2**20:.0f} MiB)"
                 continue
-        c.result = measured_peak(c.spec, budget)
+        c.result = measured_peak(c.spec, budget, settings.peak_tflops)
         if c.result is None:
             c.feasible, c.why = False, "does not fit (measured: out of memory)"
         else:
@@ -411,7 +417,7 @@ def run_plan(
     plan.memory = [fit_lever(group, on_progress, guard) for group in by_lever.values()]
     _check_state_fits(plan.memory, plan.base.model, plan.memory_budget)
     for group, memory in zip(by_lever.values(), plan.memory):
-        judge_lever(group, memory, plan.memory_budget, s.timed_per_lever, on_progress)
+        judge_lever(group, memory, plan.memory_budget, s, on_progress)
     timed = plan.timed
     if not timed:
         budget = plan.memory_budget / 2**20 if plan.memory_budget else 0
