@@ -42,6 +42,14 @@ def _series(frame: pd.DataFrame):
         yield "/".join(parts), group.sort_values("batch")
 
 
+def _with_ci(ax, x: pd.Series, g: pd.DataFrame, column: str, label: str, scale: float = 1.0):
+    """`column` against x with its 95% interval (`column`_ci95_low/high) as bars."""
+    centre = g[column] * scale
+    low = (centre - g[f"{column}_ci95_low"] * scale).fillna(0)
+    high = (g[f"{column}_ci95_high"] * scale - centre).fillna(0)
+    ax.errorbar(x, centre, yerr=[low, high], marker="o", markersize=3, capsize=2, label=label)
+
+
 def plot_batch_curves(
     frame: pd.DataFrame, path: str | Path, *, memory_fit=None, title: str = ""
 ) -> Path:
@@ -53,17 +61,7 @@ def plot_batch_curves(
     rate_ax, time_ax = axes[0], axes[1]
     mfu_ax = axes[-1] if has_mfu else None
     for label, g in _series(frame):
-        low = g["samples_per_s"] - g["samples_per_s_ci95_low"]
-        high = g["samples_per_s_ci95_high"] - g["samples_per_s"]
-        rate_ax.errorbar(
-            g["batch"],
-            g["samples_per_s"],
-            yerr=[low.fillna(0), high.fillna(0)],
-            marker="o",
-            markersize=3,
-            capsize=2,
-            label=label,
-        )
+        _with_ci(rate_ax, g["batch"], g, "samples_per_s", label)
         time_ax.errorbar(
             g["batch"],
             g["step_ms_mean"],
@@ -74,18 +72,7 @@ def plot_batch_curves(
             label=label,
         )
         if mfu_ax is not None:
-            mfu_ax.errorbar(
-                g["batch"],
-                g["mfu"] * 100,
-                yerr=[
-                    ((g["mfu"] - g["mfu_ci95_low"]) * 100).fillna(0),
-                    ((g["mfu_ci95_high"] - g["mfu"]) * 100).fillna(0),
-                ],
-                marker="o",
-                markersize=3,
-                capsize=2,
-                label=label,
-            )
+            _with_ci(mfu_ax, g["batch"], g, "mfu", label, scale=100)
     if mfu_ax is not None:
         mfu_ax.set_ylabel("MFU, % of peak FLOP/s (95% CI)")
     if "contended" in frame and frame["contended"].fillna(False).astype(bool).any():
@@ -128,18 +115,7 @@ def plot_tokens_over_lengths(frame: pd.DataFrame, path: str | Path, *, title: st
     fig, ax = subplots(figsize=(8, 4.5))
     for batch, g in frame.groupby("batch"):
         g = g.sort_values("seq_len")
-        ax.errorbar(
-            g["seq_len"],
-            g["tokens_per_s"],
-            yerr=[
-                (g["tokens_per_s"] - g["tokens_per_s_ci95_low"]).fillna(0),
-                (g["tokens_per_s_ci95_high"] - g["tokens_per_s"]).fillna(0),
-            ],
-            marker="o",
-            markersize=3,
-            capsize=2,
-            label=f"batch {batch}",
-        )
+        _with_ci(ax, g["seq_len"], g, "tokens_per_s", f"batch {batch}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sequence length, tokens")
     ax.set_ylabel("tokens/s (total / time, 95% CI)")
