@@ -14,7 +14,9 @@ from b3core.errors import B3Error
 from b3core.measuring.noise_scale import GradientProbe, NoiseScale
 from b3core.spec.converge import ConvergeSpec
 from b3core.spec.step import StepSpec
-from b3core.studies.converge import Schedule, prepare_study, run_one, steps_per_epoch
+from b3core.studies import log_file
+from b3core.studies.converge import Schedule, prepare_study, read_log, run_one, steps_per_epoch
+from b3core.studies.converge_runs import ConvergeRun, CurvePoint
 from b3core.workloads.ghost_bn import GhostBatchNorm, use_ghost_batch_norm
 from b3core.workloads.training import train_step
 from tests.cli_helpers import b3_here as b3
@@ -30,6 +32,19 @@ def tiny_study(**settings):
     spec = ConvergeSpec(**{"batch_sizes": (16,), "max_epochs": 1.0, **settings})
     step = StepSpec("small_bn_cnn", 16, device="cpu", image_size=8, optimizer="sgd", lr=0.05)
     return (spec, *prepare_study(spec, step))
+
+
+def curve_point(update: int, **fields) -> CurvePoint:
+    at_batch_16 = {"samples": 16 * update, "epochs": update / 10, "seconds": update / 100}
+    defaults = {"batch_size": 16, "lr": 0.1, "train_loss": 1.0, "val_accuracy": 0.5}
+    return CurvePoint(update=update, **{**at_batch_16, **defaults, **fields})
+
+
+def finished_run(curve: list[CurvePoint], at_target: CurvePoint | None, **fields) -> ConvergeRun:
+    """A run at batch 16 that ended at its curve's last point."""
+    measured = {"batch_size": 16, "seed": 0, "accumulation_steps": 1, "peak_lr": 0.1}
+    measured |= {"updates": curve[-1].update, "noise_scale": None}
+    return ConvergeRun.finished(curve=curve, at_target=at_target, **{**measured, **fields})
 
 
 def test_the_study_on_digits_writes_its_table_and_reaches_a_modest_target(tmp_path):
@@ -100,9 +115,9 @@ def test_the_run_trains_at_the_scheduled_rate_at_every_update():
     )
     run = run_one(spec, step, splits, 64, 0, CPU)
     schedule = Schedule(spec, 64, step.lr, len(splits.train))
-    assert run["warmup_updates"] == schedule.warmup_updates > 2
-    rates = [point["lr"] for point in run["curve"]]
-    assert len(rates) == run["updates"] == steps_per_epoch(len(splits.train), 64)
+    assert run.warmup_updates == schedule.warmup_updates > 2
+    rates = [point.lr for point in run.curve]
+    assert len(rates) == run.updates == steps_per_epoch(len(splits.train), 64)
     for update, rate in enumerate(rates):
         assert rate == pytest.approx(schedule.lr_at(update, 0.0))
     assert rates[-1] == pytest.approx(0.05 * 64 / 16)
@@ -113,10 +128,10 @@ def test_regime_adaptation_gives_equal_update_counts():
     base = run_one(spec, step, splits, 16, 0, CPU)
     plain = run_one(spec, step, splits, 128, 0, CPU)
     adapted = run_one(spec.replace(regime_adaptation=True), step, splits, 128, 0, CPU)
-    assert base["updates"] == steps_per_epoch(len(splits.train), 16)
-    assert plain["updates"] == steps_per_epoch(len(splits.train), 128) < base["updates"]
-    assert adapted["updates"] == base["updates"] == adapted["budget_updates"]
-    assert adapted["epochs"] == pytest.approx(base["updates"] / plain["updates"])
+    assert base.updates == steps_per_epoch(len(splits.train), 16)
+    assert plain.updates == steps_per_epoch(len(splits.train), 128) < base.updates
+    assert adapted.updates == base.updates == adapted.budget_updates
+    assert adapted.epochs == pytest.approx(base.updates / plain.updates)
 
 
 def test_a_growing_batch_replaces_the_rate_decay():
@@ -124,9 +139,9 @@ def test_a_growing_batch_replaces_the_rate_decay():
         batch_sizes=(16,), max_epochs=2.0, decay_epochs=(1.0,), decay_factor=0.25, grow_batch=True
     )
     run = run_one(spec, step, splits, 16, 0, CPU)
-    batches = {point["batch_size"] for point in run["curve"]}
-    assert batches == {16, 64} and run["final_batch_size"] == 64
-    assert {point["lr"] for point in run["curve"]} == {0.05}
+    batches = {point.batch_size for point in run.curve}
+    assert batches == {16, 64} and run.final_batch_size == 64
+    assert {point.lr for point in run.curve} == {0.05}
 
 
 def test_ghost_batch_norm_matches_its_reference():
@@ -335,14 +350,14 @@ def test_a_run_that_missed_the_target_is_counted_not_dropped():
 
     def run(seed, steps, final):
         reached = steps is not None
-        return {
-            "batch_size": 32, "seed": seed, "reached": reached, "diverged": False,
-            "peak_lr": 0.1, "updates": 100, "steps_to_target": steps,
+        return ConvergeRun.from_dict({
+            "batch_size": 32, "seed": seed, "accumulation_steps": 1, "reached": reached,
+            "diverged": False, "peak_lr": 0.1, "updates": 100, "steps_to_target": steps,
             "epochs_to_target": steps and steps / 10, "samples_to_target": steps and steps * 32,
             "seconds_to_target": steps and steps / 100, "best_val_accuracy": final,
             "final_val_accuracy": final, "generalization_gap": 0.01, "noise_scale": None,
             "curve": [],
-        }  # fmt: skip
+        })  # fmt: skip
 
     summary = summary_frame([run(0, 40, 0.95), run(1, 60, 0.93), run(2, None, 0.7)])
     row = summary.iloc[0]
@@ -369,8 +384,8 @@ def test_a_batch_that_runs_out_of_memory_is_recorded_and_the_study_goes_on(tmp_p
     converge.run_study(spec, step, splits, CPU, log)
     _, saved = converge.read_log(tmp_path / converge.LOG_NAME)
     assert set(saved) == {(16, 0), (32, 0)}
-    assert saved[(32, 0)]["out_of_memory"].startswith("CUDA out of memory")
-    assert not saved[(32, 0)]["reached"] and "out_of_memory" not in saved[(16, 0)]
+    assert saved[(32, 0)].out_of_memory.startswith("CUDA out of memory")
+    assert not saved[(32, 0)].reached and "out_of_memory" not in saved[(16, 0)].to_dict()
     table = display_frame(summary_frame(list(saved.values())))
     assert table.set_index("batch").loc[32, "reached"] == "0/1 (1 out of memory)"
 
@@ -402,13 +417,54 @@ def test_an_image_folder_from_disk(tmp_path):
 def test_the_critical_batch_fitted_to_the_steps_and_the_noise_scale_at_target():
     import pandas as pd
 
-    from b3core.reports.converge_report import critical_batch_fit, noise_scale_at_target
+    from b3core.reports.converge_report import critical_batch_fit
 
     batches = [16, 32, 64, 128, 256]
     steps = [100 * (1 + 50 / b) for b in batches]  # S_min 100, B_noise 50
     summary = pd.DataFrame({"batch_size": batches, "steps_to_target": steps})
     assert critical_batch_fit(summary) == pytest.approx(50)
     assert critical_batch_fit(summary.iloc[:2]) is None  # too few sizes to fit
-    curve = [{"update": 5, "noise_scale": 40.0}, {"update": 10, "noise_scale": 90.0}]
-    assert noise_scale_at_target({"steps_to_target": 10, "curve": curve}) == 90.0
-    assert noise_scale_at_target({"steps_to_target": None, "curve": curve}) is None
+    curve = [curve_point(5, noise_scale=40.0), curve_point(10, noise_scale=90.0)]
+    assert finished_run(curve, at_target=curve[1]).noise_scale_at_target == 90.0
+    assert finished_run(curve, at_target=None).noise_scale_at_target is None
+
+
+def test_a_run_saves_and_loads_as_it_was_and_older_lines_load(tmp_path):
+    curve = [curve_point(5, val_accuracy=0.6), curve_point(10, val_accuracy=0.9, noise_scale=7.0)]
+    run = finished_run(curve, at_target=curve[1], final_train_accuracy=0.95, train_size=160)
+    assert (run.reached, run.steps_to_target, run.best_val_accuracy) == (True, 10, 0.9)
+    assert run.generalization_gap == pytest.approx(0.05)
+    assert ConvergeRun.from_dict(run.to_dict()) == run
+    assert ConvergeRun.from_dict(json.loads(json.dumps(run.to_dict()))) == run
+    # lines as b3 wrote them before the records were typed: a finished run, one out of memory
+    point = {"update": 4, "samples": 64, "epochs": 0.5, "seconds": 0.2, "batch_size": 16,
+             "lr": 0.1, "train_loss": 0.7, "val_accuracy": 0.85, "noise_scale": None}  # fmt: skip
+    finished = {
+        "batch_size": 16, "seed": 1, "accumulation_steps": 1, "peak_lr": 0.1,
+        "warmup_updates": 0, "budget_updates": None, "train_size": 128, "val_size": 32,
+        "steps_to_target": 4, "epochs_to_target": 0.5, "samples_to_target": 64,
+        "seconds_to_target": 0.2, "diverged_at_step": None, "updates": 8, "epochs": 1.0,
+        "samples": 128, "train_seconds": 0.4, "final_batch_size": 16, "noise_scale": None,
+        "noise_scale_steps": 0, "probe_seconds": 0.0, "reached": True, "diverged": False,
+        "best_val_accuracy": 0.85, "final_val_accuracy": 0.85, "final_train_accuracy": 0.9,
+        "generalization_gap": 0.05, "curve": [point],
+    }  # fmt: skip
+    out_of_memory = {
+        "batch_size": 32, "seed": 1, "accumulation_steps": 1, "out_of_memory": "CUDA out of",
+        "reached": False, "diverged": False, "peak_lr": math.nan, "updates": 0,
+        **dict.fromkeys(("steps_to_target", "epochs_to_target", "samples_to_target")),
+        **dict.fromkeys(("seconds_to_target", "best_val_accuracy", "final_val_accuracy")),
+        **dict.fromkeys(("generalization_gap", "noise_scale")), "curve": [],
+    }  # fmt: skip
+    log = tmp_path / "converge.jsonl"
+    log_file.create(log, "converge-log", {"study": {}, "machine": {}})
+    log_file.append(log, finished)
+    log_file.append(log, out_of_memory)
+    _, runs = read_log(log)
+    old = runs[(16, 1)]
+    assert old.curve == (CurvePoint(**point),) and old.noise_scale_at_target is None
+    assert (old.steps_to_target, old.final_train_accuracy, old.train_size) == (4, 0.9, 128)
+    assert old.to_dict() == finished
+    assert runs[(32, 1)].out_of_memory == "CUDA out of" and runs[(32, 1)].curve == ()
+    saved = json.dumps(runs[(32, 1)].to_dict(), sort_keys=True)  # NaN != NaN: as JSON text
+    assert saved == json.dumps(out_of_memory, sort_keys=True)

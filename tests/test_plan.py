@@ -216,11 +216,26 @@ def test_a_convergence_study_gives_the_time_to_target_of_the_recommendation(monk
     from b3core.studies import converge
 
     plan, _ = fake_plan(monkeypatch, RATES)
+    from b3core.studies.converge_runs import ConvergeRun, CurvePoint
+
+    def studied(batch: int, seed: int, steps: int | None) -> ConvergeRun:
+        """A study's run that reached its target after `steps` updates (None: never)."""
+        point = None
+        if steps is not None:
+            point = CurvePoint(
+                update=steps, samples=steps * batch, epochs=1.0, seconds=1.0, batch_size=batch,
+                lr=0.1, train_loss=0.5, val_accuracy=0.9,
+            )  # fmt: skip
+        return ConvergeRun.finished(
+            curve=[point] if point else [], at_target=point, batch_size=batch, seed=seed,
+            accumulation_steps=1, peak_lr=0.1, updates=200, noise_scale=None,
+        )  # fmt: skip
+
     runs = {
-        (64, 0): {"batch_size": 64, "steps_to_target": 100},
-        (64, 1): {"batch_size": 64, "steps_to_target": 120},
-        (64, 2): {"batch_size": 64, "steps_to_target": None},
-        (32, 0): {"batch_size": 32, "steps_to_target": 10},
+        (64, 0): studied(64, 0, 100),
+        (64, 1): studied(64, 1, 120),
+        (64, 2): studied(64, 2, None),
+        (32, 0): studied(32, 0, 10),
     }
     header = {"study": {"step": {"model": "simple_cnn"}}}
     monkeypatch.setattr(converge, "read_log", lambda path: (header, runs))

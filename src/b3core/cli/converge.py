@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from b3core.cli.options import add_fields_as_options, spec_from_args
 from b3core.spec.converge import (
@@ -14,6 +15,9 @@ from b3core.spec.converge import (
     ConvergeSpec,
 )
 from b3core.spec.step import StepSpec
+
+if TYPE_CHECKING:  # a record only
+    from b3core.studies.converge_runs import ConvergeRun
 
 # StepSpec fields a convergence study sets itself: the batch per run, the data set's classes
 STUDY_OWNS = ("batch_size", "mode", "num_classes", "input_shape", "input_dtype", "vocab_size")
@@ -57,12 +61,8 @@ def cmd_converge(args: argparse.Namespace) -> int:
         total=total, initial=len(_runs(log, spec)), desc="b3 converge", unit="run", file=sys.stderr
     )
 
-    def on_run(run: dict) -> None:
-        state = "reached" if run["reached"] else "missed"
-        state = (
-            "diverged" if run["diverged"] else run.get("out_of_memory") and "out of memory" or state
-        )
-        bar.set_postfix_str(f"batch {run['batch_size']} seed {run['seed']}: {state}")
+    def on_run(run: ConvergeRun) -> None:
+        bar.set_postfix_str(f"batch {run.batch_size} seed {run.seed}: {_outcome(run)}")
         bar.update(1)
 
     try:
@@ -81,15 +81,15 @@ def cmd_converge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _outcome(run: dict) -> str:
-    if run["diverged"]:
+def _outcome(run: ConvergeRun) -> str:
+    if run.diverged:
         return "diverged"
-    if run.get("out_of_memory"):
+    if run.out_of_memory:
         return "out of memory"
-    return "reached" if run["reached"] else "missed"
+    return "reached" if run.reached else "missed"
 
 
-def _runs(log, spec: ConvergeSpec) -> list[dict]:
+def _runs(log, spec: ConvergeSpec) -> list[ConvergeRun]:
     """The log's runs of this study's sizes and seeds (a resumed log may hold more)."""
     return [
         run

@@ -22,32 +22,25 @@ from b3core.reports.tables import mean_pm_sd
 from b3core.spec.converge import CLOCK, ConvergeSpec
 from b3core.spec.formats import stamped
 from b3core.spec.step import StepSpec
+from b3core.studies.converge_runs import ConvergeRun
 
 TO_TARGET = ("steps_to_target", "epochs_to_target", "samples_to_target", "seconds_to_target")
 ACCURACY = ("best_val_accuracy", "final_val_accuracy", "generalization_gap")
 
 
-def noise_scale_at_target(run: dict) -> float | None:
-    """The run's gradient noise scale when it reached the target: the noise scale grows as
-    training goes on (and |G|^2 shrinks), and the batch that the steps to target reward is
-    the one of that stretch of training, not of the end."""
-    point = next((p for p in run["curve"] if p["update"] == run["steps_to_target"]), None)
-    return point.get("noise_scale") if point else None
-
-
-def runs_frame(runs: list[dict]) -> pd.DataFrame:
+def runs_frame(runs: list[ConvergeRun]) -> pd.DataFrame:
     """One row per (batch, seed) run, without its curve."""
     rows = [
         {
-            **{k: v for k, v in run.items() if k != "curve"},
-            "noise_scale_at_target": noise_scale_at_target(run),
+            **{k: v for k, v in run.to_dict().items() if k != "curve"},
+            "noise_scale_at_target": run.noise_scale_at_target,
         }
         for run in runs
     ]
     return pd.DataFrame(rows).sort_values(["batch_size", "seed"]).reset_index(drop=True)
 
 
-def summary_frame(runs: list[dict]) -> pd.DataFrame:
+def summary_frame(runs: list[ConvergeRun]) -> pd.DataFrame:
     """One row per batch size: means and SDs (ddof 1) as numbers, for CSV and JSON."""
     frame = runs_frame(runs)
     rows = []
@@ -144,20 +137,21 @@ def critical_batch_fit(summary: pd.DataFrame) -> float | None:
     return float(fit.slope / fit.intercept)
 
 
-def study_noise_scale(runs: list[dict]) -> float | None:
+def study_noise_scale(runs: list[ConvergeRun]) -> float | None:
     """The median over runs of the noise scale at target (robust: one run's estimate can be
     far off while |G|^2 is small)."""
-    values = [v for v in map(noise_scale_at_target, runs) if v is not None]
+    at_target = (run.noise_scale_at_target for run in runs)
+    values = [v for v in at_target if v is not None]
     return float(np.median(values)) if values else None
 
 
 def plot_study(
-    runs: list[dict], summary: pd.DataFrame, target: float, path: Path, title: str
+    runs: list[ConvergeRun], summary: pd.DataFrame, target: float, path: Path, title: str
 ) -> Path:
     """Steps to target against batch (log-log, with perfect scaling and the noise scale);
     validation accuracy against samples seen and against training seconds; and, where it was
     measured, the noise scale over training."""
-    measured = any(p.get("noise_scale") for run in runs for p in run["curve"])
+    measured = any(p.noise_scale for run in runs for p in run.curve)
     panels = 4 if measured else 3
     fig, axes = subplots(1, panels, figsize=(5 * panels, 4.2))
     steps_ax, samples_ax, time_ax = axes[:3]
@@ -187,26 +181,24 @@ def plot_study(
     if steps_ax.get_legend_handles_labels()[0]:
         steps_ax.legend(fontsize=8)
     colors = rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, batch in enumerate(sorted({run["batch_size"] for run in runs})):
+    for i, batch in enumerate(sorted({run.batch_size for run in runs})):
         color = colors[i % len(colors)]
-        for run in (r for r in runs if r["batch_size"] == batch):
-            curve = run["curve"]
-            label = f"batch {batch}" if run["seed"] == 0 else None
-            accuracy = [p["val_accuracy"] for p in curve]
-            width = 1.5 if run["seed"] == 0 else 0.6
-            samples_ax.plot([p["samples"] for p in curve], accuracy, color=color, lw=width)
+        for run in (r for r in runs if r.batch_size == batch):
+            curve = run.curve
+            label = f"batch {batch}" if run.seed == 0 else None
+            accuracy = [p.val_accuracy for p in curve]
+            width = 1.5 if run.seed == 0 else 0.6
+            samples_ax.plot([p.samples for p in curve], accuracy, color=color, lw=width)
             if measured:
-                scaled = [(p["samples"], p["noise_scale"]) for p in curve if p.get("noise_scale")]
+                scaled = [(p.samples, p.noise_scale) for p in curve if p.noise_scale]
                 if scaled:
                     axes[3].plot(*zip(*scaled), color=color, lw=width)
-            time_ax.plot(
-                [p["seconds"] for p in curve], accuracy, color=color, lw=width, label=label
-            )
+            time_ax.plot([p.seconds for p in curve], accuracy, color=color, lw=width, label=label)
     for ax, xlabel in ((samples_ax, "samples seen"), (time_ax, "training seconds")):
         ax.axhline(target, color="grey", ls="--", lw=0.8)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation accuracy")
-    if any(run["curve"] for run in runs):  # every run may have diverged before its first look
+    if any(run.curve for run in runs):  # every run may have diverged before its first look
         samples_ax.set_xscale("log")
         time_ax.legend(fontsize=8)
     if measured:
@@ -221,7 +213,7 @@ def plot_study(
 
 
 def write_converge_report(
-    out: str | Path, spec: ConvergeSpec, step: StepSpec, runs: list[dict], machine: dict
+    out: str | Path, spec: ConvergeSpec, step: StepSpec, runs: list[ConvergeRun], machine: dict
 ) -> str:
     """converge.csv (per batch), converge.json (the summary and every run) and converge.png;
     returns the table and notes to print."""
@@ -245,7 +237,7 @@ def write_converge_report(
         "fitted_critical_batch": fitted,
         "noise_scale_at_target": noise,
         "summary": summary.astype(object).where(summary.notna(), None).to_dict(orient="records"),
-        "runs": runs,
+        "runs": [run.to_dict() for run in runs],
     }
     text = json.dumps(stamped("converge", payload), indent=2, default=str)
     atomic_write(folder / "converge.json", text + "\n")

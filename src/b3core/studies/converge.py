@@ -29,6 +29,7 @@ from b3core.spec import formats
 from b3core.spec.converge import ConvergeSpec
 from b3core.spec.step import StepSpec
 from b3core.studies import log_file
+from b3core.studies.converge_runs import ConvergeRun, CurvePoint
 from b3core.studies.lr_rules import scale_lr, warmup_lr, warmup_steps
 from b3core.workloads.build import prepare_training, resolve
 from b3core.workloads.data import Splits, cifar10_splits, digits_splits, image_folder_splits
@@ -174,23 +175,6 @@ def _timed_update(trainer, micro: list, device: torch.device, probe) -> tuple[fl
     return float(loss), seconds
 
 
-def _finished(record: dict, curve: list[dict], train_accuracy: float | None, **totals) -> dict:
-    """The run's record completed: its outcome, accuracies, gap and curve."""
-    final = curve[-1]["val_accuracy"] if curve else None
-    gap = None if train_accuracy is None or final is None else train_accuracy - final
-    return {
-        **record,
-        **totals,
-        "reached": record["steps_to_target"] is not None,
-        "diverged": record["diverged_at_step"] is not None,
-        "best_val_accuracy": max((p["val_accuracy"] for p in curve), default=None),
-        "final_val_accuracy": final,
-        "final_train_accuracy": train_accuracy,
-        "generalization_gap": gap,
-        "curve": curve,
-    }
-
-
 def run_one(
     spec: ConvergeSpec,
     step: StepSpec,
@@ -198,7 +182,7 @@ def run_one(
     batch: int,
     seed: int,
     device: torch.device,
-) -> dict:
+) -> ConvergeRun:
     """Train one (batch, seed) run; its record (see the module's doc)."""
     trainer = prepare_training(
         resolve(step.replace(batch_size=batch // step.accumulation_steps)), seed
@@ -220,27 +204,14 @@ def run_one(
     def evaluate() -> float:
         return accuracy(model, val_loader, device, trainer.autocast)
 
-    record = {
-        "batch_size": batch,
-        "seed": seed,
-        "accumulation_steps": k,
-        "peak_lr": schedule.peak_lr,
-        "warmup_updates": schedule.warmup_updates,
-        "budget_updates": schedule.budget_updates,
-        "train_size": train_size,
-        "val_size": len(splits.val),
-        "steps_to_target": None,
-        "epochs_to_target": None,
-        "samples_to_target": None,
-        "seconds_to_target": None,
-        "diverged_at_step": None,
-    }
-    curve: list[dict] = []
+    curve: list[CurvePoint] = []
+    at_target: CurvePoint | None = None  # the first point at the target accuracy
+    diverged_at: int | None = None
     updates = samples = 0
     epochs = seconds = loss_sum = 0.0
     loss_count = 0
     epoch_index = 0
-    while not schedule.done(updates, epochs) and record["diverged_at_step"] is None:
+    while not schedule.done(updates, epochs) and diverged_at is None:
         current = schedule.batch_at(epochs)
         per_epoch = steps_per_epoch(train_size, current)
         every = max(1, per_epoch // spec.evals_per_epoch)
@@ -259,7 +230,7 @@ def run_one(
             samples += len(targets)
             epochs += 1 / per_epoch
             if not math.isfinite(loss_value):
-                record["diverged_at_step"] = updates
+                diverged_at = updates
                 break
             loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
             if probe:
@@ -269,38 +240,42 @@ def run_one(
             last = schedule.done(updates, epochs)
             if updates % every and not last:
                 continue
-            point = {
-                "update": updates,
-                "samples": samples,
-                "epochs": epochs,
-                "seconds": seconds,
-                "batch_size": current,
-                "lr": trainer.optimizer.param_groups[0]["lr"],
-                "train_loss": loss_sum / loss_count,
-                "val_accuracy": evaluate(),
-                "noise_scale": noise.b_simple,
-            }
+            point = CurvePoint(
+                update=updates,
+                samples=samples,
+                epochs=epochs,
+                seconds=seconds,
+                batch_size=current,
+                lr=trainer.optimizer.param_groups[0]["lr"],
+                train_loss=loss_sum / loss_count,
+                val_accuracy=evaluate(),
+                noise_scale=noise.b_simple,
+            )
             curve.append(point)
             loss_sum, loss_count = 0.0, 0
-            if record["steps_to_target"] is None and point["val_accuracy"] >= spec.target_accuracy:
-                record.update(
-                    steps_to_target=updates,
-                    epochs_to_target=epochs,
-                    samples_to_target=samples,
-                    seconds_to_target=seconds,
-                )
+            if at_target is None and point.val_accuracy >= spec.target_accuracy:
+                at_target = point
                 if spec.stop_at_target:
                     break
-        if spec.stop_at_target and record["steps_to_target"] is not None:
+        if spec.stop_at_target and at_target is not None:
             break
         epoch_index += 1
     train_accuracy = None
-    if record["diverged_at_step"] is None:
+    if diverged_at is None:
         train_accuracy = accuracy(model, train_eval_loader, device, trainer.autocast)
-    return _finished(
-        record,
-        curve,
-        train_accuracy,
+    return ConvergeRun.finished(
+        curve=curve,
+        at_target=at_target,
+        final_train_accuracy=train_accuracy,
+        batch_size=batch,
+        seed=seed,
+        accumulation_steps=k,
+        peak_lr=schedule.peak_lr,
+        warmup_updates=schedule.warmup_updates,
+        budget_updates=schedule.budget_updates,
+        train_size=train_size,
+        val_size=len(splits.val),
+        diverged_at_step=diverged_at,
         updates=updates,
         epochs=epochs,
         samples=samples,
@@ -335,7 +310,7 @@ def run_study(
     splits: Splits,
     device: torch.device,
     log: ConvergeLog,
-    on_run: Callable[[dict], None] = lambda run: None,
+    on_run: Callable[[ConvergeRun], None] = lambda run: None,
 ) -> None:
     """Every (batch, seed) run that the log lacks, seeds outermost (a partial study still
     covers every batch); each is saved the moment it ends."""
@@ -354,23 +329,20 @@ def run_study(
             on_run(run)
 
 
-def _out_of_memory_run(batch: int, seed: int, step: StepSpec, exc: BaseException) -> dict:
+def _out_of_memory_run(batch: int, seed: int, step: StepSpec, exc: BaseException) -> ConvergeRun:
     """A run whose batch did not fit: counted in its batch's row as one that missed."""
     message = str(exc).strip().splitlines()
-    return {
-        "batch_size": batch,
-        "seed": seed,
-        "accumulation_steps": step.accumulation_steps,
-        "out_of_memory": message[0][:200] if message else type(exc).__name__,
-        "reached": False,
-        "diverged": False,
-        "peak_lr": math.nan,
-        "updates": 0,
-        **dict.fromkeys(("steps_to_target", "epochs_to_target", "samples_to_target")),
-        **dict.fromkeys(("seconds_to_target", "best_val_accuracy", "final_val_accuracy")),
-        **dict.fromkeys(("generalization_gap", "noise_scale")),
-        "curve": [],
-    }
+    return ConvergeRun.finished(
+        curve=(),
+        at_target=None,
+        batch_size=batch,
+        seed=seed,
+        accumulation_steps=step.accumulation_steps,
+        out_of_memory=message[0][:200] if message else type(exc).__name__,
+        peak_lr=math.nan,
+        updates=0,
+        noise_scale=None,
+    )
 
 
 LOG_NAME = "converge.jsonl"
@@ -379,7 +351,7 @@ LOG_NAME = "converge.jsonl"
 class ConvergeLog:
     """A study's runs as they finish (studies/log_file.py), by (batch, seed)."""
 
-    def __init__(self, path: Path, runs: dict[tuple[int, int], dict]):
+    def __init__(self, path: Path, runs: dict[tuple[int, int], ConvergeRun]):
         self.path, self.runs = path, runs
 
     @staticmethod
@@ -406,9 +378,9 @@ class ConvergeLog:
             raise B3Error(f"{path} holds a different study; resume with the same options")
         return cls(path, runs)
 
-    def append(self, run: dict) -> None:
-        log_file.append(self.path, run)
-        self.runs[(run["batch_size"], run["seed"])] = run
+    def append(self, run: ConvergeRun) -> None:
+        log_file.append(self.path, run.to_dict())
+        self.runs[(run.batch_size, run.seed)] = run
 
 
 @formats.upgrade("converge-log", 0)
@@ -419,7 +391,7 @@ def _from_b3_0_3(header: dict) -> dict:
     return {k: v for k, v in header.items() if k != "b3_converge"}
 
 
-def read_log(path: str | Path) -> tuple[dict, dict[tuple[int, int], dict]]:
+def read_log(path: str | Path) -> tuple[dict, dict[tuple[int, int], ConvergeRun]]:
     lines = log_file.read_lines(path, "convergence study")
     try:
         header = formats.upgraded("converge-log", json.loads(lines[0]), f"convergence log {path}")
@@ -427,8 +399,8 @@ def read_log(path: str | Path) -> tuple[dict, dict[tuple[int, int], dict]]:
             raise ValueError("not a b3 converge log")
         runs = {}
         for line in lines[1:]:
-            run = json.loads(line)
-            runs[(int(run["batch_size"]), int(run["seed"]))] = run
-    except (IndexError, ValueError, KeyError, TypeError) as exc:
+            run = ConvergeRun.from_dict(json.loads(line))
+            runs[(int(run.batch_size), int(run.seed))] = run
+    except (IndexError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise B3Error(f"convergence log {path} is corrupt: {exc}") from None
     return header, runs

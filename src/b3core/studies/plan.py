@@ -39,6 +39,7 @@ from b3core.measuring.result import StepResult
 from b3core.measuring.runner import measure
 from b3core.spec.step import StepSpec, Timing, option
 from b3core.spec.validate import parse_positive
+from b3core.studies.converge_runs import ConvergeRun
 from b3core.studies.interleaved import (
     Comparison,
     InterleavedRun,
@@ -472,7 +473,7 @@ def lr_for(lr: LrRequest, global_batch: int) -> dict:
     return out
 
 
-def study_at(model: str, global_batch: int, folder: str) -> tuple[list[dict], list[float]]:
+def study_at(model: str, global_batch: int, folder: str) -> tuple[list[ConvergeRun], list[int]]:
     """A convergence study's runs at the global batch, and the steps to target of those that
     reached it; a study of another model, or with none that reached it there, is one line
     (checked before a plan runs, and again when it is read)."""
@@ -484,12 +485,12 @@ def study_at(model: str, global_batch: int, folder: str) -> tuple[list[dict], li
     studied = header["study"]["step"]["model"]
     if studied != model:
         raise B3Error(f"the study in {folder} trained {studied}, the plan is for {model}")
-    at_n = [run for run in runs.values() if run["batch_size"] == global_batch]
-    reached = [run["steps_to_target"] for run in at_n if run["steps_to_target"] is not None]
+    at_n = [run for run in runs.values() if run.batch_size == global_batch]
+    reached = [run.steps_to_target for run in at_n if run.steps_to_target is not None]
     if not reached:
         raise B3Error(
             f"the study in {folder} has no run at batch {global_batch} that reached its "
-            f"target (batches: {sorted({run['batch_size'] for run in runs.values()})})"
+            f"target (batches: {sorted({run.batch_size for run in runs.values()})})"
         )
     return at_n, reached
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass
 
+from b3core.studies.converge_runs import ConvergeRun
 from b3core.studies.sweep import SweepResult
 
 
@@ -64,13 +65,15 @@ def _update_seconds(sweep: SweepResult, batch: int, largest_safe: int | None):
     return r.spec.batch_size, k, k * update_s(r), False
 
 
-def predict(runs: list[dict], sweep: SweepResult, largest_safe: int | None) -> list[Prediction]:
+def predict(
+    runs: list[ConvergeRun], sweep: SweepResult, largest_safe: int | None
+) -> list[Prediction]:
     """A prediction for every studied batch that reached the target at least once and that
     the sweep can time."""
     out = []
-    for batch in sorted({run["batch_size"] for run in runs}):
-        group = [run for run in runs if run["batch_size"] == batch]
-        reached = [run["steps_to_target"] for run in group if run["steps_to_target"] is not None]
+    for batch in sorted({run.batch_size for run in runs}):
+        group = [run for run in runs if run.batch_size == batch]
+        reached = [run.steps_to_target for run in group if run.steps_to_target is not None]
         timing = _update_seconds(sweep, batch, largest_safe)
         if not reached or timing is None:
             continue
@@ -87,8 +90,8 @@ def predict(runs: list[dict], sweep: SweepResult, largest_safe: int | None) -> l
                 step_s,
                 steps * step_s,
                 measured,
-                group[0]["peak_lr"],
-                group[0]["warmup_updates"],
+                group[0].peak_lr,
+                group[0].warmup_updates,
             )
         )
     return out
