@@ -368,6 +368,9 @@ def test_ctrl_c_ends_the_workers_and_removes_the_worktrees(repo):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a suite started in the background (`.ci/run &`) ignores SIGINT,
+        # and its children would inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while not workers_running(repo) and time.monotonic() < deadline:
