@@ -62,6 +62,10 @@ def test_an_out_of_memory_while_counting_keeps_the_timed_result(monkeypatch):
         ("NVIDIA A100-SXM4-40GB", "fp32", 19.5),
         ("NVIDIA L40S", "fp16", 362.05),
         ("NVIDIA L4", "bf16", 121),
+        ("NVIDIA H200 NVL", "bf16", 835.5),
+        ("Tesla V100-SXM2-16GB", "fp32", 15.7),
+        ("Tesla V100-PCIE-16GB", "fp16", 112),
+        ("Tesla V100S-PCIE-32GB", "fp16", 130),
         ("NVIDIA L40", "bf16", None),  # neither an L40S nor an L4
         ("NVIDIA A10G", "bf16", None),  # AWS's A10G is not the A10 of the datasheet
         ("Tesla T4", "bf16", None),  # no bf16 on a T4: no peak, rather than fp16's

@@ -38,12 +38,21 @@ class GpuPeak:
 
 
 _H100 = "https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet"
+_V100 = (
+    "https://images.nvidia.com/content/technologies/volta/pdf/"
+    "volta-v100-datasheet-update-us-1165301-r5.pdf"
+)
 # First match wins: the more specific names come first. fp16 and bf16 are autocast's, whose
 # matrix products run on the tensor cores in that dtype.
 GPU_PEAKS: tuple[GpuPeak, ...] = (
     GpuPeak(("H100", "NVL"), {"fp32": 60, "tf32": 417.5, "bf16": 835, "fp16": 835}, _H100),
     GpuPeak(("H100", "PCIe"), {"fp32": 51, "tf32": 378, "bf16": 756, "fp16": 756}, _H100),
     GpuPeak(("H100",), {"fp32": 67, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}, _H100),
+    GpuPeak(
+        ("H200", "NVL"),
+        {"fp32": 60, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5},
+        "https://www.nvidia.com/en-us/data-center/h200/",
+    ),
     GpuPeak(
         ("H200",),
         {"fp32": 67, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4},
@@ -72,11 +81,9 @@ GPU_PEAKS: tuple[GpuPeak, ...] = (
         "https://www.nvidia.com/en-us/data-center/products/a10-gpu/",
         unless=("A100", "A10G"),
     ),
-    GpuPeak(
-        ("V100",),
-        {"fp32": 15.7, "fp16": 125},
-        "https://images.nvidia.com/content/technologies/volta/pdf/volta-v100-datasheet-update-us-1165301-r5.pdf",
-    ),
+    GpuPeak(("V100S",), {"fp32": 16.4, "fp16": 130}, _V100),
+    GpuPeak(("V100", "PCIE"), {"fp32": 14, "fp16": 112}, _V100),
+    GpuPeak(("V100",), {"fp32": 15.7, "fp16": 125}, _V100),
     GpuPeak(
         ("T4",),
         {"fp32": 8.1, "fp16": 65},
