@@ -70,7 +70,7 @@ class FakeMachine:
     def rate(self, spec: StepSpec) -> float:
         return self.rates[(spec.activation_checkpointing, spec.batch_size)]
 
-    def measured_peak(self, spec, budget, peak_tflops=None):
+    def measured_peak(self, spec, budget, peak_tflops=None, ranks=1):
         self.measured.append(
             (spec.batch_size, spec.accumulation_steps, spec.activation_checkpointing)
         )
@@ -274,6 +274,38 @@ def test_past_a_probe_that_does_not_fit_only_smaller_ones_are_tried(monkeypatch)
     plan, machine = fake_plan(monkeypatch, RATES, device_bytes=105 * MiB)
     probes = {m.lever: m.probes for m in plan.memory}["fp32"]
     assert probes[8] is None and all(m < 8 for m in list(probes)[1:])
+
+
+def test_a_world_of_ranks_is_probed_and_measured_as_that_world(monkeypatch):
+    """Under --nproc-per-node, every probe and measured run is a data-parallel world of the
+    plan's ranks (a rank's peak holds DDP's gradient buckets), on CPU each rank with its share
+    of the host's guard; a single rank measures in this process."""
+    machine, worlds = FakeMachine(RATES), []
+
+    def in_ranks(spec, timing, nproc_per_node, memory_budget=None):
+        worlds.append((nproc_per_node, memory_budget))
+        return machine.measured_peak(spec, None)
+
+    def in_this_process(spec, timing, memory_budget=None):
+        worlds.append((1, memory_budget))
+        return machine.measured_peak(spec, None)
+
+    monkeypatch.setattr(planning, "measure_in_ranks", in_ranks)
+    monkeypatch.setattr(planning, "measure", in_this_process)
+    monkeypatch.setattr(planning, "default_host_budget", lambda: 1000 * MiB)
+    units_rate, clock = {"by_spec": lambda spec: machine.rate(spec) / 64}, [0.0]
+
+    def start():
+        return FakeWorker(units_rate, np.random.default_rng(0), clock)
+
+    for ranks in (2, 1):
+        worlds.clear()
+        plan = Plan(BASE, 64, ranks, None, PlanSettings(max_time_s=5.0))
+        run_plan(plan, Levers(("fp32",), ("none",)), start, clock=lambda: clock[0])
+        probes = len(plan.memory[0].probes)
+        assert len(worlds) == probes + len(plan.timed) and probes >= 2
+        assert {world for world, _ in worlds} == {ranks}
+        assert {budget for _, budget in worlds[:probes]} == {1000 * MiB // ranks}
 
 
 def test_a_world_of_ranks_counts_every_ranks_samples(monkeypatch):

@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"comma-separated, of {', '.join(CHECKPOINTING)} (default: %(default)s)",
     )
     p.add_argument("--nproc-per-node", type=positive_int, default=1,
-                   help="ranks that share the global batch, timed as a torchrun world "
+                   help="ranks that share the global batch: probed, measured and timed as a world "
+                   "of data-parallel ranks "
                    "(default: %(default)s)")  # fmt: skip
     p.add_argument("--converge", metavar="DIR",
                    help="a `b3 converge --out` folder that trained the global batch: the "

@@ -11,7 +11,8 @@ activation checkpointing, and on CUDA channels_last) multiplies the ways to make
 3. per lever setting, measures the largest micro-batches predicted to fit (or near the budget)
    one by one, each with its real accumulation: its peak memory, FLOPs and phases, until
    --timed-per-lever of them fit. A candidate is called feasible only when measured, or when
-   predicted more than NEAR_BUDGET below the budget;
+   predicted more than NEAR_BUDGET below the budget. With --nproc-per-node the probes and
+   these runs are worlds of that many ranks, as the timing is;
 4. times the measured ones interleaved in shared fresh processes: the fastest of their single
    measured runs (data apart from what follows) against each other one, with the sequential
    statistics of b3 align and b3 compare (studies/interleaved.py);
@@ -34,6 +35,7 @@ import numpy as np
 from scipy import stats as sps
 
 from b3core.errors import B3Error, StepOutOfMemory
+from b3core.measuring.isolation import measure_in_ranks
 from b3core.measuring.memory import default_host_budget
 from b3core.measuring.result import StepResult
 from b3core.measuring.runner import measure
@@ -318,12 +320,16 @@ def _reversed(c: Comparison) -> Comparison:
 
 
 def measured_peak(
-    spec: StepSpec, budget: int | None, peak_tflops: float | None = None
+    spec: StepSpec, budget: int | None, peak_tflops: float | None = None, ranks: int = 1
 ) -> StepResult | None:
-    """One run of the candidate (its peak, FLOPs and phases), or None if it did not fit."""
+    """One run of the candidate (its peak, FLOPs and phases), or None if it did not fit. With
+    several ranks it runs as that data-parallel world: a rank's peak holds DDP's gradient
+    buckets as well, which one process would leave out."""
     try:
         # a user's own step (--train-step) has no phases to mark
         timing = CHECK_TIMING.replace(phases=not spec.train_step, peak_tflops=peak_tflops)
+        if ranks > 1:
+            return measure_in_ranks(spec, timing, ranks, memory_budget=budget)
         return measure(spec, timing, memory_budget=budget)
     except StepOutOfMemory:
         return None
@@ -352,7 +358,7 @@ def fit_lever(
         if any(p is None and micro >= m for m, p in probes.items()):
             continue
         spec = candidates[0].spec.replace(batch_size=micro, accumulation_steps=PROBE_ACCUMULATION)
-        result = measured_peak(spec, guard)
+        result = measured_peak(spec, guard, ranks=candidates[0].ranks)
         probes[micro] = result.memory.peak_bytes if result else None
         on_probe(f"probe {lever} micro-batch {micro}: " + (
             f"{probes[micro] / 2**20:.0f} MiB" if probes[micro] else "out of memory"))  # fmt: skip
@@ -389,7 +395,7 @@ def judge_lever(
                 c.feasible = False
                 c.why = f"does not fit (predicted {c.predicted_peak / 2**20:.0f} MiB)"
                 continue
-        c.result = measured_peak(c.spec, budget, settings.peak_tflops)
+        c.result = measured_peak(c.spec, budget, settings.peak_tflops, c.ranks)
         if c.result is None:
             c.feasible, c.why = False, "does not fit (measured: out of memory)"
         else:
@@ -414,7 +420,10 @@ def run_plan(
     by_lever: dict[str, list[Candidate]] = {}
     for c in plan.candidates:
         by_lever.setdefault(c.lever, []).append(c)
-    guard = None if resolve(plan.base).device.type == "cuda" else default_host_budget()
+    # on CPU the ranks share the host: each gets its share of the guard
+    guard = (
+        None if resolve(plan.base).device.type == "cuda" else default_host_budget() // plan.ranks
+    )
     plan.memory = [fit_lever(group, on_progress, guard) for group in by_lever.values()]
     _check_state_fits(plan.memory, plan.base.model, plan.memory_budget)
     for group, memory in zip(by_lever.values(), plan.memory):
