@@ -66,16 +66,46 @@ def cpu_turn(lock_dir, alone: bool):
         yield  # closing the files releases the locks
 
 
+def runs_alone(item) -> bool:
+    return item.get_closest_marker("untimed") is None
+
+
+def pytest_collection_modifyitems(items):
+    """A module's tests that run alone come last, together, so that a worker waits once per
+    module for the other worker's test to end, not once per test (see pytest_runtest_protocol),
+    and the module's shared fixtures are built by its untimed tests, beside another test. The
+    sort is stable: it keeps the modules' order and each group's."""
+    first_of_module: dict = {}
+    for index, item in enumerate(items):
+        first_of_module.setdefault(item.module, index)
+    items.sort(key=lambda item: (first_of_module[item.module], runs_alone(item)))
+
+
+# the room, held from one test that runs alone to the next on this worker
+_turn_alone: contextlib.ExitStack | None = None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    """Setup, call and teardown (module fixtures included) inside the test's turn."""
+    """Setup, call and teardown (module fixtures included) inside the test's turn. A turn to run
+    alone lasts until this worker's next test is not one that runs alone."""
     if XDIST_WORKER is None:
         return (yield)
     shared = lock_dir(item.config.workerinput["testrunuid"])
     shared.mkdir(exist_ok=True)
-    alone = item.get_closest_marker("untimed") is None
-    with cpu_turn(shared, alone), contextlib.nullcontext() if alone else one_thread():
+    if not runs_alone(item):
+        with cpu_turn(shared, alone=False), one_thread():
+            return (yield)
+    global _turn_alone
+    if _turn_alone is None:
+        _turn_alone = contextlib.ExitStack()
+        _turn_alone.enter_context(cpu_turn(shared, alone=True))
+    try:
         return (yield)
+    finally:
+        if nextitem is None or not runs_alone(nextitem):
+            _turn_alone.close()
+            _turn_alone = None
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from tests.cli_helpers import b3_here
 FAST = ["--model", FACTORY, "--batch-size", "8", "--device", "cpu", "--epoch-time", "0.5"]
 # extra 128x128 products per forward pass that make simple_cnn's step (about 1.5 ms at batch 8
 # on a CPU) several times as long
-LARGE_SLOWDOWN_OPS = 150
+LARGE_SLOWDOWN_OPS = 40
 SLOWER = ("HEAD~2", "HEAD")  # the user's model, and HEAD: slower, and a layer more
 A_LAYER_MORE = "        self.inner = nn.Sequential(inner, nn.Linear(10, 10))\n"
 
@@ -97,7 +97,7 @@ def slowdown(repo, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]
         repo,
         *SLOWER,
         *FAST,
-        *("--min-rounds", "3", "--max-time", "18", "--alpha", "0.2"),
+        *("--min-rounds", "2", "--max-time", "12", "--alpha", "0.2"),
         *("--json", str(out / "compare.json"), "--plot", str(out / "blocks.png")),
         *("--markdown", str(out / "summary.md")),
     )
@@ -443,7 +443,7 @@ def test_identical_code_on_two_interpreters_is_no_regression(repo, tmp_path):
         repo,
         *("--base-python", sys.executable, "--head-python", sys.executable),
         *FAST,
-        *("--threshold", "0.5", "--alpha", "0.2", "--min-rounds", "3", "--max-time", "18"),
+        *("--threshold", "0.5", "--alpha", "0.2", "--min-rounds", "2", "--max-time", "10"),
         *("--json", str(out)),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from b3core.errors import B3Error
+from b3core.measuring import isolation, runner
 from b3core.measuring.result import PeakMemory, StepResult
 from b3core.measuring.stats import Measurement
 from b3core.spec.step import StepSpec
@@ -282,16 +283,16 @@ def test_a_world_of_ranks_is_probed_and_measured_as_that_world(monkeypatch):
     of the host's guard; a single rank measures in this process."""
     machine, worlds = FakeMachine(RATES), []
 
-    def in_ranks(spec, timing, nproc_per_node, memory_budget=None):
-        worlds.append((nproc_per_node, memory_budget))
+    def in_ranks(spec, timing, nproc_per_node, memory_budget=None, seed=0):
+        worlds.append((f"{nproc_per_node} ranks", memory_budget))
         return machine.measured_peak(spec, None)
 
-    def in_this_process(spec, timing, memory_budget=None):
-        worlds.append((1, memory_budget))
+    def in_this_process(spec, timing, memory_budget=None, seed=0):
+        worlds.append(("this process", memory_budget))
         return machine.measured_peak(spec, None)
 
-    monkeypatch.setattr(planning, "measure_in_ranks", in_ranks)
-    monkeypatch.setattr(planning, "measure", in_this_process)
+    monkeypatch.setattr(isolation, "measure_in_ranks", in_ranks)
+    monkeypatch.setattr(runner, "measure", in_this_process)
     monkeypatch.setattr(planning, "default_host_budget", lambda: 1000 * MiB)
     units_rate, clock = {"by_spec": lambda spec: machine.rate(spec) / 64}, [0.0]
 
@@ -304,7 +305,7 @@ def test_a_world_of_ranks_is_probed_and_measured_as_that_world(monkeypatch):
         run_plan(plan, Levers(("fp32",), ("none",)), start, clock=lambda: clock[0])
         probes = len(plan.memory[0].probes)
         assert len(worlds) == probes + len(plan.timed) and probes >= 2
-        assert {world for world, _ in worlds} == {ranks}
+        assert {world for world, _ in worlds} == {"2 ranks" if ranks == 2 else "this process"}
         assert {budget for _, budget in worlds[:probes]} == {1000 * MiB // ranks}
 
 

@@ -35,10 +35,9 @@ import numpy as np
 from scipy import stats as sps
 
 from b3core.errors import B3Error, StepOutOfMemory
-from b3core.measuring.isolation import measure_in_ranks
+from b3core.measuring.isolation import measure_maybe_isolated
 from b3core.measuring.memory import default_host_budget
 from b3core.measuring.result import StepResult
-from b3core.measuring.runner import measure
 from b3core.spec.step import StepSpec, Timing, option
 from b3core.spec.validate import parse_positive
 from b3core.studies.converge_runs import ConvergeRun
@@ -328,9 +327,10 @@ def measured_peak(
     try:
         # a user's own step (--train-step) has no phases to mark
         timing = CHECK_TIMING.replace(phases=not spec.train_step, peak_tflops=peak_tflops)
-        if ranks > 1:
-            return measure_in_ranks(spec, timing, ranks, memory_budget=budget)
-        return measure(spec, timing, memory_budget=budget)
+        world = ranks if ranks > 1 else None
+        return measure_maybe_isolated(
+            spec, timing, isolate=False, memory_budget=budget, nproc_per_node=world
+        )
     except StepOutOfMemory:
         return None
 

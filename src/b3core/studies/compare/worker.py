@@ -451,4 +451,9 @@ if __name__ == "__main__":
     # this file's folder (the parent's b3core) is first on the path: the side's code must win
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
         sys.path.pop(0)
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    # Everything served is answered: skip the interpreter's teardown of torch, which takes
+    # seconds that the parent would wait before it starts the next round's servers.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
