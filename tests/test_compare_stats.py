@@ -318,7 +318,10 @@ class FakeServer:
     def __init__(self, side, clock, started, log):
         self.side, self.clock, self.started, self.log = side, clock, started, log
 
-    def preload(self, model):
+    def start_preload(self, model):
+        pass
+
+    def preloaded(self):
         pass
 
     def fork(self, seed, shift_layout=True):

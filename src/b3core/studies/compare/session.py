@@ -66,7 +66,9 @@ class SideWorkers:
         for name in next(self.server_orders):
             self.zygotes[name] = Zygote(self.by_name[name], self.env)
         for zygote in self.zygotes.values():
-            zygote.preload(self.model)
+            zygote.start_preload(self.model)
+        for zygote in self.zygotes.values():
+            zygote.preloaded()
         self.server_start_s = time.monotonic() - began
         self.unused_servers = True
 

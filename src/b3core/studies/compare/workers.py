@@ -278,9 +278,14 @@ class Zygote:
         finally:
             theirs.close()
 
-    def _request(self, request: dict, fds: tuple[int, ...] = ()) -> dict:
+    def _send(self, request: dict, fds: tuple[int, ...] = ()) -> None:
         try:
             socket.send_fds(self.control, [json.dumps(request).encode()], list(fds))
+        except OSError:
+            pass  # the answer that does not come says so
+
+    def _answer(self) -> dict:
+        try:
             ready, _, _ = select.select([self.control], [], [], CONTROL_TIMEOUT_S)
             message = self.control.recv(worker_module.CONTROL_MESSAGE_BYTES) if ready else b""
         except OSError:
@@ -292,9 +297,17 @@ class Zygote:
             )
         return json.loads(message)
 
-    def preload(self, model: str) -> None:
-        """Import the model's own code once, before any fork."""
-        failure = Failure.from_answer(self._request({"op": "preload", "model": model}))
+    def _request(self, request: dict, fds: tuple[int, ...] = ()) -> dict:
+        self._send(request, fds)
+        return self._answer()
+
+    def start_preload(self, model: str) -> None:
+        """Ask the server to import the model's own code once, before any fork; `preloaded`
+        waits for it (so that several servers import at once)."""
+        self._send({"op": "preload", "model": model})
+
+    def preloaded(self) -> None:
+        failure = Failure.from_answer(self._answer())
         if failure is not None:
             raise B3Error(f"{side_label(self.side)}: {failure.message}")
 
