@@ -300,6 +300,23 @@ def test_a_side_without_the_model_is_one_line(repo):
     assert len(worktrees(repo)) == 1 and not workers_running(repo)
 
 
+@pytest.mark.untimed
+def test_a_server_names_a_model_it_cannot_build_before_it_forks_any_worker(repo):
+    """Both sides' servers are asked to import the model at once; each answer is read, and a
+    failure is the side's one-line error before any epoch starts."""
+    from b3core.errors import B3Error
+    from b3core.studies.compare.sides import WORKTREE, Side, SideSpec
+    from b3core.studies.compare.workers import Zygote
+
+    server = Zygote(Side(SideSpec("head", WORKTREE, sys.executable), repo, None))
+    try:
+        server.start_preload("no_such_net")
+        with pytest.raises(B3Error, match="HEAD.*unknown model 'no_such_net'"):
+            server.preloaded()
+    finally:
+        server.close()
+
+
 @pytest.mark.slow
 @pytest.mark.untimed
 def test_a_side_whose_model_does_not_import(tmp_path):
