@@ -28,7 +28,7 @@ from tests.cli_helpers import b3_here
 FAST = ["--model", FACTORY, "--batch-size", "8", "--device", "cpu", "--epoch-time", "0.5"]
 # extra 128x128 products per forward pass that make simple_cnn's step (about 1.5 ms at batch 8
 # on a CPU) several times as long
-LARGE_SLOWDOWN_OPS = 40
+LARGE_SLOWDOWN_OPS = 100
 SLOWER = ("HEAD~2", "HEAD")  # the user's model, and HEAD: slower, and a layer more
 A_LAYER_MORE = "        self.inner = nn.Sequential(inner, nn.Linear(10, 10))\n"
 
