@@ -14,8 +14,9 @@ The case runs on one intra-op thread. On the 2-core VM, with torch's two threads
 with asv's own process, simple_cnn at batch 256 moved ±20-50% between processes (8366-12127
 samples/s over four `b3 step` runs, and 9969 vs 15879 within one process), which a 30% change
 cannot clear; with OMP_NUM_THREADS=1 five runs stayed within 5381-6412 samples/s. The case is
-batch 64 (a quarter of the step, so a quarter of asv's samples' time); the planted 30% showed
-as +26% in each of two comparisons at 64 (docs/results/README.md, suite time). Even so a burst of
+batch 64 (about a third of the step time at 256, and of asv's sampling time); at 64 the planted
+30% showed in each of two comparisons, as +26% step time and +28% and +63% time per sample
+(docs/results/README.md, the suite's time). Even so a burst of
 noise sometimes hides a metric for a whole comparison, so the verdict may take up to ATTEMPTS
 comparisons and passes on the first that shows it.
 """

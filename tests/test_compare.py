@@ -302,8 +302,8 @@ def test_a_side_without_the_model_is_one_line(repo):
 
 @pytest.mark.untimed
 def test_a_server_names_a_model_it_cannot_build_before_it_forks_any_worker(repo):
-    """Both sides' servers are asked to import the model at once; each answer is read, and a
-    failure is the side's one-line error before any epoch starts."""
+    """A side's server is asked to import the model (in a compare, both sides' at once); its
+    answer is read, and a failure is the side's one-line error before any worker is forked."""
     from b3core.errors import B3Error
     from b3core.studies.compare.sides import WORKTREE, Side, SideSpec
     from b3core.studies.compare.workers import Zygote
