@@ -89,6 +89,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         run_plan,
         study_at,
         time_to_target,
+        world_of,
     )
     from b3core.workloads.build import resolve
     from b3core.workloads.devices import supported_precisions
@@ -125,7 +126,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     lr = LrRequest(**record_args(LrRequest, args))
     lr = lr if lr.base_lr else lr.replace(base_lr=base.lr)
     plan = Plan(base, args.global_batch, args.nproc_per_node, budget, settings)
-    world = World(args.nproc_per_node, base.device) if args.nproc_per_node > 1 else None
+    world = World(args.nproc_per_node, base.device) if world_of(args.nproc_per_node) else None
     print(
         f"b3 plan: {base.model} on {device}, global batch {args.global_batch} "
         f"within {budget / 2**20:.0f} MiB; levers: {', '.join(precisions)} x checkpointing "

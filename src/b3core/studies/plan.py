@@ -111,6 +111,12 @@ class Levers:
         ]
 
 
+def world_of(ranks: int) -> int | None:
+    """The data-parallel world that `ranks` ranks run as: None for one rank, which runs in a
+    single process (as a command without --nproc-per-node does)."""
+    return ranks if ranks > 1 else None
+
+
 def lever_name(lever: dict) -> str:
     parts = [lever["precision"]]
     if lever["activation_checkpointing"] != "none":
@@ -135,7 +141,7 @@ class Candidate:
     @property
     def name(self) -> str:
         s = self.spec
-        ranks = f"x{self.ranks}r" if self.ranks > 1 else ""
+        ranks = f"x{self.ranks}r" if world_of(self.ranks) else ""
         return f"{s.batch_size}x{s.accumulation_steps}{ranks} {self.lever}"
 
     @property
@@ -327,9 +333,8 @@ def measured_peak(
     try:
         # a user's own step (--train-step) has no phases to mark
         timing = CHECK_TIMING.replace(phases=not spec.train_step, peak_tflops=peak_tflops)
-        world = ranks if ranks > 1 else None
         return measure_maybe_isolated(
-            spec, timing, isolate=False, memory_budget=budget, nproc_per_node=world
+            spec, timing, isolate=False, memory_budget=budget, nproc_per_node=world_of(ranks)
         )
     except StepOutOfMemory:
         return None
