@@ -31,3 +31,15 @@ def test_importing_the_reports_leaves_matplotlibs_backend_alone():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip() == "svg", proc.stderr
+
+
+def test_a_timing_worker_imports_no_scipy():
+    """Every epoch of compare, align and plan starts fresh workers; what they import for a
+    hello, a prepare and a block is paid once per epoch, and scipy is not needed there."""
+    code = (
+        "import sys, b3core.studies.compare.worker, b3core.measuring.machine;"
+        "from b3core.measuring.runner import prepare, timed_blocks;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy')[:3])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr

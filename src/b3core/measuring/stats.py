@@ -12,9 +12,17 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from scipy import stats as sps
 
 from b3core.spec.step import CLOCKS
+
+
+def _scipy_stats():
+    """scipy.stats, imported on first use: every fresh timing worker imports this module,
+    and none of them needs scipy, whose import costs a good part of a second."""
+    from scipy import stats
+
+    return stats
+
 
 # torch.utils.benchmark's threshold for a noisy measurement.
 NOISY_IQR_FRACTION = 0.10
@@ -53,6 +61,7 @@ def summarize(values: Sequence[float]) -> Summary:
     mean = float(x.mean())
     sd = float(x.std(ddof=1)) if x.size > 1 else float("nan")
     if x.size > 1 and sd > 0:
+        sps = _scipy_stats()
         low, high = (float(v) for v in sps.t.interval(0.95, x.size - 1, mean, sps.sem(x)))
     else:
         low = high = float("nan") if x.size < 2 else mean
@@ -120,14 +129,18 @@ def ratio_throughput(times: Sequence[float], samples_each: int, seed: int = 0) -
     if t.size < 2 or np.ptp(t) == 0:
         ci = (float("nan"), float("nan")) if t.size < 2 else (rate, rate)
     else:
-        interval = sps.bootstrap(
-            (t,),
-            lambda x, axis: samples_each / np.mean(x, axis=axis),
-            vectorized=True,
-            n_resamples=BOOTSTRAP_RESAMPLES,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        ).confidence_interval
+        interval = (
+            _scipy_stats()
+            .bootstrap(
+                (t,),
+                lambda x, axis: samples_each / np.mean(x, axis=axis),
+                vectorized=True,
+                n_resamples=BOOTSTRAP_RESAMPLES,
+                method="percentile",
+                rng=np.random.default_rng(seed),
+            )
+            .confidence_interval
+        )
         ci = (float(interval.low), float(interval.high))
     return Throughput(rate, ci, samples_each * int(t.size), total)
 
@@ -222,7 +235,7 @@ def difference_ci(a: Sequence[float], b: Sequence[float], confidence: float = 0.
     diff = float(a.mean() - b.mean())
     if a.var(ddof=1) == 0 and b.var(ddof=1) == 0:
         return diff, diff, diff, (1.0 if diff == 0 else 0.0)
-    test = sps.ttest_ind(a, b, equal_var=False)
+    test = _scipy_stats().ttest_ind(a, b, equal_var=False)
     interval = test.confidence_interval(confidence)
     return diff, float(interval.low), float(interval.high), float(test.pvalue)
 
@@ -233,7 +246,7 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float], seed:
     Pairs come from interleaved rounds, so slow drift of the machine cancels within each pair.
     """
     ratios = np.asarray(numerator, float) / np.asarray(denominator, float)
-    result = sps.bootstrap(
+    result = _scipy_stats().bootstrap(
         (ratios,),
         np.median,
         confidence_level=0.95,
