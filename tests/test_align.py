@@ -206,6 +206,8 @@ def test_b3_align_end_to_end(tmp_path):
     record = json.loads(out.read_text())
     assert record["format"] == "b3/align/2" and record["sizes"] == [7, 8, 9]
     assert record["epochs"] >= 2 and {b["unit"] for b in record["blocks"]} == {"7", "8", "9"}
+    pairs = [(c["aligned"], c["neighbour"]) for c in record["comparisons"]]
+    assert pairs == [(8, 7), (8, 9)]
     verdicts = {c["verdict"] for c in record["comparisons"]}
     assert verdicts <= {"faster", "slower", "equivalent", "inconclusive"}
     assert record["worker"]["endpoint_version"] >= 2

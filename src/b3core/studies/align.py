@@ -73,6 +73,9 @@ class NeighbourVerdict(Comparison):
     def neighbour(self) -> int:
         return int(self.second)
 
+    def to_dict(self) -> dict:
+        return {"aligned": self.aligned, "neighbour": self.neighbour, **super().to_dict()}
+
 
 @dataclass
 class AlignRun(InterleavedRun):
