@@ -92,6 +92,21 @@ def test_equal_sizes_are_equivalent_and_the_run_stops_when_decided():
     assert run.exit_code == 0
 
 
+def test_the_sizes_alternate_one_timed_call_at_a_time():
+    """A block is one call of as few steps as the clock allows, and each cycle times every
+    size once: the finest interleaving, which a fresh process's early drift cannot split."""
+    from b3core.measuring.clocks import block_steps_for
+
+    run, started = fake_run(EQUAL)
+    assert all(len(block["times_s"]) == 1 for block in run.blocks)
+    first = started[0]  # the shape is judged once, from the first worker's warm-up
+    assert run.steps_per_block == {str(s): block_steps_for(first.step_s(s)) for s in EQUAL}
+    cycles = {}
+    for block in run.blocks:
+        cycles.setdefault((block["epoch"], block["cycle"]), []).append(block["unit"])
+    assert all(sorted(units) == ["15", "16", "17"] for units in cycles.values())
+
+
 def test_a_planted_ten_percent_effect_is_faster_with_its_interval():
     run, _ = fake_run({**EQUAL, 16: 0.9e-3})  # 16 costs 10% less per sample
     for c in run.comparisons:

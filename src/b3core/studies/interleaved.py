@@ -3,10 +3,13 @@ of `b3 align` (a batch size against its neighbours) and `b3 plan` (candidate con
 
 Each epoch is a fresh worker process that builds and warms every unit (a named StepSpec), then
 times cycles of blocks: every unit once per cycle, in a random order, for `epoch_s` seconds (at
-least MIN_CYCLES cycles). Within an epoch the units share the process and the moment, so each
-comparison's estimate is the Hodges-Lehmann centre of its cycles' log ratios of samples/s;
-fresh processes across epochs turn the process effect into noise that the spread of the epochs
-measures.
+least MIN_CYCLES cycles). A block is one timed call, as few steps as the clock allows
+(measuring/clocks.py), so the units alternate at the finest grain: a fresh process drifts
+within its first seconds, and longer blocks let that drift fall on one unit and not another
+(docs/results/README.md, "b3 align"). Within an epoch the units share the process and the
+moment, so each comparison's estimate is the Hodges-Lehmann centre of its cycles' log ratios
+of samples/s; fresh processes across epochs turn the process effect into noise that the spread
+of the epochs measures.
 
 Each comparison is decided on a t interval over its epochs' estimates. Looks come at planned
 epoch counts (the first at `min_epochs`); each spends a share of alpha / 2m at each end of the
@@ -32,10 +35,10 @@ from typing import Protocol
 import numpy as np
 from scipy import stats as sps
 
+from b3core.measuring.clocks import block_steps_for
 from b3core.spec.step import MIN_WARMUP, Record, StepSpec, option
 from b3core.spec.validate import parse_fraction, parse_positive_int, parse_seconds
 from b3core.studies.alignment import DEFAULT_MARGIN, relative_verdict
-from b3core.studies.compare.interleave import MIN_CALLS_PER_BLOCK, block_shape
 from b3core.studies.compare.verdict import LookPlan, hodges_lehmann
 from b3core.studies.compare.workers import CaseFailed
 
@@ -174,15 +177,12 @@ class InterleavedRun:
     settings: InterleaveSettings
     comparisons: list[Comparison]
     blocks: list[dict] = field(default_factory=list)  # epoch, cycle, unit, times_s (per step)
-    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # steps/call, calls/block
+    steps_per_block: dict[str, int] = field(default_factory=dict)  # a block is one timed call
     epochs: int = 0
     looks: list[dict] = field(default_factory=list)
     elapsed_s: float = 0.0
     worker: dict = field(default_factory=dict)  # the first worker's hello: b3core, machine
     failure: str | None = None
-    # a block's fewest calls: several give its median meaning; units of seconds each (a plan's
-    # whole updates of N samples) take one
-    min_calls_per_block: int = MIN_CALLS_PER_BLOCK
     world_size: int = 1  # ranks per worker (a torchrun world): each step is that many ranks'
 
     @property
@@ -199,7 +199,7 @@ class InterleavedRun:
         return self.units[unit].samples_per_step * self.world_size
 
     def rates(self, unit: str) -> list[float]:
-        """The unit's samples/s in each of its blocks (a block's median step)."""
+        """The unit's samples/s in each of its blocks (one timed call each)."""
         samples = self.samples_per_step(unit)
         return [samples / statistics.median(b["times_s"]) for b in self.blocks if b["unit"] == unit]
 
@@ -213,7 +213,7 @@ class InterleavedRun:
             "comparisons": [c.to_dict() for c in self.comparisons],
             "failure": self.failure,
             "worker": self.worker,
-            "shapes": {name: list(shape) for name, shape in self.shapes.items()},
+            "steps_per_block": self.steps_per_block,
             "blocks": self.blocks,
         }
 
@@ -243,10 +243,9 @@ def _run_epoch(worker: InterleaveWorker, out: InterleavedRun, rng: random.Random
     for name in rng.sample(names, len(names)):
         spec = out.units[name].to_dict()
         reply = ask(name, "prepare", spec=spec, warmup=settings.warmup, seed=0)
-        shape = block_shape(reply["step_s"], "blocked", out.min_calls_per_block)
-        out.shapes.setdefault(name, shape)
+        out.steps_per_block.setdefault(name, block_steps_for(reply["step_s"]))
     for name in rng.sample(names, len(names)):
-        ask(name, "block", calls=1, steps=out.shapes[name][0])
+        ask(name, "block", calls=1, steps=out.steps_per_block[name])
     rates: dict[str, list[float]] = {name: [] for name in names}
     timed_began = clock()
     for cycle in itertools.count():
@@ -255,8 +254,7 @@ def _run_epoch(worker: InterleaveWorker, out: InterleavedRun, rng: random.Random
         ):
             break
         for name in rng.sample(names, len(names)):
-            steps, calls = out.shapes[name]
-            times = ask(name, "block", calls=calls, steps=steps)["times"]
+            times = ask(name, "block", calls=1, steps=out.steps_per_block[name])["times"]
             out.blocks.append({"epoch": out.epochs, "cycle": cycle, "unit": name, "times_s": times})
             rates[name].append(out.samples_per_step(name) / statistics.median(times))
     return rates

@@ -447,7 +447,7 @@ def run_plan(
     # other candidate: k - 1 comparisons, not all k(k - 1)/2 pairs
     leader = max(timed, key=lambda c: c.result.measurement.throughput.samples_per_s)
     pairs = [Comparison(leader.name, c.name, s.margin) for c in timed if c is not leader]
-    plan.run = InterleavedRun(units, s, pairs, min_calls_per_block=1, world_size=plan.ranks)
+    plan.run = InterleavedRun(units, s, pairs, world_size=plan.ranks)
     if pairs:
         on_progress(
             f"timing {len(timed)} candidates interleaved ({len(pairs)} comparisons, "
