@@ -147,23 +147,36 @@ def summarise(runs: list[dict]) -> dict:
     plain = [r for r in runs if r["kind"] == "plain"]
     plain_verdicts = [v for n in (15, 17) for v in verdicts("plain", n)]
     claims = [v for v in plain_verdicts if v in ("faster", "slower")]
-    return {
-        "padded_16_faster_than_17": f"{verdicts('padded', 17).count('faster')} of {len(padded)}",
-        "plain_faster_or_slower_claims": f"{len(claims)} of {2 * len(plain)} comparisons",
-        "plain_equivalent": f"{plain_verdicts.count('equivalent')} of {len(plain_verdicts)}",
-        "mobilenet_v3_small_32_decided": decided("32"),
-        "mobilenet_v3_small_64_decided": decided("64"),
-        "max_wall_s": {
-            kind: max(r["wall_s"] for r in runs if r["kind"] == kind)
-            for kind in {r["kind"] for r in runs}
-        },  # fmt: skip
-    }
+    summary = {}
+    if padded or plain:
+        summary["padded_16_faster_than_17"] = (
+            f"{verdicts('padded', 17).count('faster')} of {len(padded)}"
+        )
+        summary["plain_faster_or_slower_claims"] = f"{len(claims)} of {2 * len(plain)} comparisons"
+        summary["plain_equivalent"] = (
+            f"{plain_verdicts.count('equivalent')} of {len(plain_verdicts)}"
+        )
+    if any(r["kind"] == "mobilenet_v3_small" for r in runs):
+        summary["mobilenet_v3_small_32_decided"] = decided("32")
+        summary["mobilenet_v3_small_64_decided"] = decided("64")
+    summary["max_wall_s"] = {
+        kind: max(r["wall_s"] for r in runs if r["kind"] == kind)
+        for kind in {r["kind"] for r in runs}
+    }  # fmt: skip
+    return summary
+
+
+def percent(ratio: float) -> str:
+    return f"{100 * (ratio - 1):+.1f}%"
 
 
 def markdown(summary: dict, runs: list[dict]) -> str:
     rows = [
         {"run": r["run"], "model": r["model"], "around": r["around"], "epochs": r["epochs"],
-         "wall s": round(r["wall_s"]), "sentence": r["sentence"]}
+         "wall s": round(r["wall_s"]), "sentence": r["sentence"],
+         "decision intervals": "; ".join(
+             f"vs {c['neighbour']}: {percent(c['ci'][0])} to {percent(c['ci'][1])}"
+             for c in r["comparisons"] if c["ci"])}
         for r in runs
     ]  # fmt: skip
     lines = ["# b3 align: a planted alignment effect, the same model without it, a real model", ""]

@@ -219,7 +219,7 @@ def test_b3_align_end_to_end(tmp_path):
     )  # fmt: skip
     assert proc.returncode in (0, 3), proc.stdout + proc.stderr
     record = json.loads(out.read_text())
-    assert record["format"] == "b3/align/2" and record["sizes"] == [7, 8, 9]
+    assert record["format"] == "b3/align/3" and record["sizes"] == [7, 8, 9]
     assert record["epochs"] >= 2 and {b["unit"] for b in record["blocks"]} == {"7", "8", "9"}
     pairs = [(c["aligned"], c["neighbour"]) for c in record["comparisons"]]
     assert pairs == [(8, 7), (8, 9)]
@@ -240,4 +240,13 @@ def test_an_interval_clear_of_no_difference_but_into_the_margin_says_both():
         "128 is faster than 127 (+1.1% to +7.9%), but not shown to be by more than the ±2% margin"
     )
     c.ci = (0.95, 1.079)
+    assert "could not be ruled out" in c.describe()
+
+
+def test_a_tiny_alpha_over_two_epochs_leaves_an_unbounded_interval_not_a_traceback():
+    from b3core.studies.interleaved import Comparison
+
+    c = Comparison("16", "15", 0.02, epoch_log_ratios=[0.01, -0.02])
+    c.look(1e-13)
+    assert c.verdict == "inconclusive" and c.ci[1] == math.inf
     assert "could not be ruled out" in c.describe()

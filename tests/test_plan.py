@@ -202,7 +202,7 @@ def test_b3_plan_end_to_end(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     record = json.loads(out.read_text())
-    assert record["format"] == "b3/plan/1" and record["recommendation"]["name"]
+    assert record["format"] == "b3/plan/2" and record["recommendation"]["name"]
     timed = [c for c in record["candidates"] if c["timed"]]
     assert len(timed) >= 2 and all(c["measured_peak_bytes"] <= 64 * MiB for c in timed)
     assert all(c["samples_per_s"] > 0 for c in timed)

@@ -18,8 +18,10 @@ CURRENT = {
     "memory-surface": 1,
     "advise": 1,
     "compare": 1,
-    "align": 2,  # 2: blocks name their unit ("16"), not their size
-    "plan": 1,
+    # align 2: blocks name their unit ("16"), not their size; 3: a block is one timed call, and
+    # `steps_per_block` replaces `shapes` (so does plan 2's "interleaved")
+    "align": 3,
+    "plan": 2,
     "result": 1,  # a measured step's record, inside the files of the other kinds
     "scale": 1,
     "sweep": 2,

@@ -125,7 +125,8 @@ class Comparison:
         mean, n = float(logs.mean()), len(logs)
         half = float(sps.t.ppf(1 - look_alpha, n - 1)) * float(logs.std(ddof=1)) / math.sqrt(n)
         self.ratio = math.exp(mean)
-        self.ci = (math.exp(mean - half), math.exp(mean + half))
+        with np.errstate(over="ignore"):  # a tiny --alpha over few epochs: an infinite end
+            self.ci = (float(np.exp(mean - half)), float(np.exp(mean + half)))
         self.level = 1 - 2 * look_alpha
         self.verdict = relative_verdict(*self.ci, self.margin)
         if self.decided:
