@@ -129,18 +129,15 @@ def ratio_throughput(times: Sequence[float], samples_each: int, seed: int = 0) -
     if t.size < 2 or np.ptp(t) == 0:
         ci = (float("nan"), float("nan")) if t.size < 2 else (rate, rate)
     else:
-        interval = (
-            _scipy_stats()
-            .bootstrap(
-                (t,),
-                lambda x, axis: samples_each / np.mean(x, axis=axis),
-                vectorized=True,
-                n_resamples=BOOTSTRAP_RESAMPLES,
-                method="percentile",
-                rng=np.random.default_rng(seed),
-            )
-            .confidence_interval
+        result = _scipy_stats().bootstrap(
+            (t,),
+            lambda x, axis: samples_each / np.mean(x, axis=axis),
+            vectorized=True,
+            n_resamples=BOOTSTRAP_RESAMPLES,
+            method="percentile",
+            rng=np.random.default_rng(seed),
         )
+        interval = result.confidence_interval
         ci = (float(interval.low), float(interval.high))
     return Throughput(rate, ci, samples_each * int(t.size), total)
 

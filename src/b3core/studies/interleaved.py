@@ -4,8 +4,8 @@ of `b3 align` (a batch size against its neighbours) and `b3 plan` (candidate con
 Each epoch is a fresh worker process that builds and warms every unit (a named StepSpec), then
 times cycles of blocks: every unit once per cycle, in a random order, for `epoch_s` seconds (at
 least MIN_CYCLES cycles). A block is one timed call, as few steps as the clock allows
-(measuring/clocks.py), so the units alternate at the finest grain: a fresh process drifts
-within its first seconds, and longer blocks let that drift fall on one unit and not another
+(measuring/clocks.py), so the units alternate at the finest grain: a fresh process's first
+seconds are its noisiest, and longer blocks let a slow moment fall on one unit and not another
 (docs/results/README.md, "b3 align"). Within an epoch the units share the process and the
 moment, so each comparison's estimate is the Hodges-Lehmann centre of its cycles' log ratios
 of samples/s; fresh processes across epochs turn the process effect into noise that the spread
