@@ -33,8 +33,8 @@ from b3core.studies.align import (
     fresh_worker,
     run_align,
 )
+from b3core.studies.compare.interleave import block_shape
 
-HALF_SECOND_BLOCKS = (0.5, 3, 200)  # the old rule: seconds per block, fewest and most calls
 NO_INTERIM_LOOK = 10**6  # epochs
 DESIGNS = {  # name: (epoch seconds, old blocks)
     "one call, 3 s epochs": (3.0, False),
@@ -45,7 +45,8 @@ DESIGNS = {  # name: (epoch seconds, old blocks)
 
 
 class HalfSecondBlocks:
-    """A worker whose timed blocks are several calls, reported as their median (one time)."""
+    """A worker whose timed blocks are several calls, as many as compare's blocks hold (the
+    rule align's blocks followed), reported as their median (one time)."""
 
     def __init__(self, worker) -> None:
         self.worker, self.calls = worker, {}
@@ -58,8 +59,7 @@ class HalfSecondBlocks:
             return {"times": [statistics.median(times)]}
         reply = self.worker.ask(op, **arguments)
         if op == "prepare":
-            seconds, fewest, most = HALF_SECOND_BLOCKS
-            self.calls[key] = max(fewest, min(most, math.ceil(seconds / reply["step_s"])))
+            self.calls[key] = block_shape(reply["step_s"], "blocked")[1]
         return reply
 
     def retire(self) -> None:
