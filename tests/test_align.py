@@ -94,7 +94,7 @@ def test_equal_sizes_are_equivalent_and_the_run_stops_when_decided():
 
 def test_the_sizes_alternate_one_timed_call_at_a_time():
     """A block is one call of as few steps as the clock allows, and each cycle times every
-    size once: the finest interleaving, which a fresh process's early drift cannot split."""
+    size once: the finest interleaving, so a fresh process's slow moments fall on every size."""
     from b3core.measuring.clocks import block_steps_for
 
     run, started = fake_run(EQUAL)
