@@ -199,10 +199,13 @@ class InterleavedRun:
         """A step's samples over every rank of the worker."""
         return self.units[unit].samples_per_step * self.world_size
 
+    def block_rate(self, block: dict) -> float:
+        """A block's samples/s (a block is one timed call; its time is per step)."""
+        return self.samples_per_step(block["unit"]) / statistics.median(block["times_s"])
+
     def rates(self, unit: str) -> list[float]:
-        """The unit's samples/s in each of its blocks (one timed call each)."""
-        samples = self.samples_per_step(unit)
-        return [samples / statistics.median(b["times_s"]) for b in self.blocks if b["unit"] == unit]
+        """The unit's samples/s in each of its blocks."""
+        return [self.block_rate(b) for b in self.blocks if b["unit"] == unit]
 
     def to_dict(self) -> dict:
         return {
@@ -257,7 +260,7 @@ def _run_epoch(worker: InterleaveWorker, out: InterleavedRun, rng: random.Random
         for name in rng.sample(names, len(names)):
             times = ask(name, "block", calls=1, steps=out.steps_per_block[name])["times"]
             out.blocks.append({"epoch": out.epochs, "cycle": cycle, "unit": name, "times_s": times})
-            rates[name].append(out.samples_per_step(name) / statistics.median(times))
+            rates[name].append(out.block_rate(out.blocks[-1]))
     return rates
 
 
